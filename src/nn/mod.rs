@@ -1,0 +1,13 @@
+//! Modules and the parameter store.
+//!
+//! Parameters are named by their checkpoint keys (diffusers/transformers), so loading
+//! a model is a lookup: a module asks its `VarBuilder` for `"attn.to_q.weight"` with
+//! an expected shape, and the builder either loads it from the source (checking the
+//! shape) or initializes it. Every parameter lands in the `ParamStore`, which the
+//! optimizer, checkpoints and IDA enumerate in a stable (sorted) order.
+
+mod linear;
+mod store;
+
+pub use linear::Linear;
+pub use store::{Init, ParamSource, ParamStore, VarBuilder};
