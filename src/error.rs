@@ -46,6 +46,13 @@ pub enum Error {
         got: Vec<usize>,
         expected: Vec<usize>,
     },
+    #[error("{}: tensor '{key}' has dtype {got}, expected {expected}", path.display())]
+    KeyDType {
+        path: PathBuf,
+        key: String,
+        got: String,
+        expected: &'static str,
+    },
     #[error("{0}")]
     Msg(String),
 }
