@@ -11,14 +11,20 @@
 
 pub mod binary;
 pub mod matmul;
+pub mod modulate;
+pub mod norm;
 pub mod reduce;
 pub mod shape;
+pub mod softmax;
 pub mod unary;
 
 pub use binary::*;
 pub use matmul::*;
+pub use modulate::*;
+pub use norm::*;
 pub use reduce::*;
 pub use shape::*;
+pub use softmax::*;
 pub use unary::*;
 
 use crate::error::{Error, Result};

@@ -5,7 +5,10 @@
 
 pub mod binary;
 pub mod matmul;
+pub mod modulate;
+pub mod norm;
 pub mod reduce;
+pub mod softmax;
 pub mod unary;
 
 /// Below this many elements threading costs more than it saves.
