@@ -43,7 +43,8 @@ pub fn sum(x: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
     same_device("sum", &[x])?;
     let ax = axes(x, dims)?;
     let (data, r, shape) = rows_last(x, &ax, keepdim)?;
-    let out = cpu_out(cpu::reduce::sum_rows(&data, r), &shape, x.dtype());
+    let v = if r == 0 { vec![0.0; shape.iter().product()] } else { cpu::reduce::sum_rows(&data, r) };
+    let out = cpu_out(v, &shape, x.dtype());
     Ok(record(out, &[x], || SumBackward { in_shape: x.shape().to_vec(), keep: keep_shape(x.shape(), &ax), scale: 1.0 }))
 }
 
@@ -52,7 +53,8 @@ pub fn mean(x: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
     let ax = axes(x, dims)?;
     let (data, r, shape) = rows_last(x, &ax, keepdim)?;
     let inv = 1.0 / r as f32;
-    let v = cpu::reduce::sum_rows(&data, r).into_iter().map(|s| s * inv).collect();
+    // The mean of nothing is NaN, as in torch.
+    let v = if r == 0 { vec![f32::NAN; shape.iter().product()] } else { cpu::reduce::sum_rows(&data, r).into_iter().map(|s| s * inv).collect() };
     let out = cpu_out(v, &shape, x.dtype());
     Ok(record(out, &[x], || SumBackward { in_shape: x.shape().to_vec(), keep: keep_shape(x.shape(), &ax), scale: inv }))
 }
@@ -78,6 +80,9 @@ pub fn max(x: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
     same_device("max", &[x])?;
     let ax = axes(x, dims)?;
     let (data, r, shape) = rows_last(x, &ax, keepdim)?;
+    if r == 0 {
+        return Err(crate::error::Error::op("max", format!("reduction over an empty axis of shape {:?}", x.shape())));
+    }
     let (vals, idx) = cpu::reduce::max_rows(&data, r);
     let out = cpu_out(vals, &shape, x.dtype());
     Ok(record(out, &[x], || MaxBackward { in_shape: x.shape().to_vec(), ax, idx }))
