@@ -7,6 +7,7 @@ pub mod autograd;
 pub mod backend;
 pub mod error;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod testing;
