@@ -9,6 +9,7 @@ pub mod error;
 pub mod io;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod testing;

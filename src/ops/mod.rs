@@ -10,21 +10,27 @@
 //! - Every backward rule returns gradients with exactly its input's shape.
 
 pub mod binary;
+pub mod conv;
+pub mod loss;
 pub mod matmul;
 pub mod modulate;
 pub mod norm;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
+pub mod spectral_norm;
 pub mod unary;
 
 pub use binary::*;
+pub use conv::*;
+pub use loss::*;
 pub use matmul::*;
 pub use modulate::*;
 pub use norm::*;
 pub use reduce::*;
 pub use shape::*;
 pub use softmax::*;
+pub use spectral_norm::*;
 pub use unary::*;
 
 use crate::error::{Error, Result};

@@ -4,11 +4,15 @@
 //! thread count except for the summation order of reductions.
 
 pub mod binary;
+pub mod conv;
+pub mod loss;
 pub mod matmul;
 pub mod modulate;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod softmax;
+pub mod spectral_norm;
 pub mod unary;
 
 /// Below this many elements threading costs more than it saves.

@@ -1,0 +1,408 @@
+//! 2-D convolution (torch `F.conv2d`, groups 1, dilation 1) by im2col + GEMM, and
+//! nearest-neighbour upsampling by an integer factor.
+//!
+//! Conventions:
+//! - All buffers are contiguous row-major f32: x [B, Cin, H, W], w [Cout, Cin, kh, kw]
+//!   (read as the matrix [Cout, K] with K = Cin·kh·kw), y [B, Cout, Ho, Wo].
+//! - The column matrix of one image is [K, L] with L = Ho·Wo and row
+//!   `(ci·kh + i)·kw + j` holding x[ci, oh·sh + i − ph, ow·sw + j − pw] (0 in the padding),
+//!   so its row order matches the flattened weight.
+//! - Pointwise convolutions (1×1, stride 1, no padding) use the image itself as the
+//!   column matrix: no im2col, no col2im.
+//! - Threading: with several images and enough work, images run in parallel and each
+//!   GEMM is single-threaded; otherwise images run one after another and each GEMM is
+//!   threaded. Only the weight gradient sums over images, so only its summation order
+//!   depends on the thread count.
+
+use super::matmul::MatRef;
+use super::{num_threads, PAR_THRESHOLD};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Sizes of one convolution; built (and validated) by the op layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeom {
+    pub b: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Conv2dGeom {
+    /// Rows of the column matrix (= columns of the flattened weight).
+    pub fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    /// Output positions per image.
+    pub fn l(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn in_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+    fn out_len(&self) -> usize {
+        self.cout * self.l()
+    }
+    /// 1×1, stride 1, no padding: the image already is its column matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+    /// Whether to run images in parallel (else each GEMM threads on its own).
+    fn batch_parallel(&self) -> bool {
+        self.b > 1 && num_threads() > 1 && self.b * self.out_len() * self.k() >= PAR_THRESHOLD
+    }
+    /// GEMM threading for one image's product of the given size.
+    fn gemm_par(&self, m: usize, n: usize, k: usize) -> Parallelism {
+        let threads = num_threads();
+        // Same cut-off as the matmul kernel: small products do not amortize the pool.
+        if !self.batch_parallel() && threads > 1 && (m * n * k) as f64 >= 48.0 * 48.0 * 48.0 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        }
+    }
+}
+
+/// Output positions `o` in `0..out` whose input index `o·stride + koff − pad` lies in
+/// `0..size`, as a half-open range.
+fn valid_range(out: usize, stride: usize, koff: usize, pad: usize, size: usize) -> (usize, usize) {
+    let lo = if pad > koff {
+        (pad - koff).div_ceil(stride)
+    } else {
+        0
+    }
+    .min(out);
+    let hi = if size + pad > koff {
+        (size + pad - koff).div_ceil(stride)
+    } else {
+        0
+    }
+    .min(out);
+    (lo, hi.max(lo))
+}
+
+/// Fills `cols` [K, L] from one image `x` [Cin, H, W].
+fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32]) {
+    let l = g.l();
+    for ci in 0..g.cin {
+        let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for i in 0..g.kh {
+            let (oh0, oh1) = valid_range(g.ho, g.sh, i, g.ph, g.h);
+            for j in 0..g.kw {
+                let (ow0, ow1) = valid_range(g.wo, g.sw, j, g.pw, g.w);
+                let row = &mut cols[((ci * g.kh + i) * g.kw + j) * l..][..l];
+                row[..oh0 * g.wo].fill(0.0);
+                row[oh1 * g.wo..].fill(0.0);
+                for oh in oh0..oh1 {
+                    let r = &mut row[oh * g.wo..(oh + 1) * g.wo];
+                    let xr = &xc[(oh * g.sh + i - g.ph) * g.w..][..g.w];
+                    r[..ow0].fill(0.0);
+                    r[ow1..].fill(0.0);
+                    for (ow, v) in r.iter_mut().enumerate().take(ow1).skip(ow0) {
+                        *v = xr[ow * g.sw + j - g.pw];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the columns `cols` [K, L] back onto the image gradient `dx` [Cin, H, W]
+/// (the adjoint of [`im2col`]).
+fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32]) {
+    let l = g.l();
+    for ci in 0..g.cin {
+        let dc = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for i in 0..g.kh {
+            let (oh0, oh1) = valid_range(g.ho, g.sh, i, g.ph, g.h);
+            for j in 0..g.kw {
+                let (ow0, ow1) = valid_range(g.wo, g.sw, j, g.pw, g.w);
+                let row = &cols[((ci * g.kh + i) * g.kw + j) * l..][..l];
+                for oh in oh0..oh1 {
+                    let r = &row[oh * g.wo..(oh + 1) * g.wo];
+                    let dr = &mut dc[(oh * g.sh + i - g.ph) * g.w..][..g.w];
+                    for (ow, &v) in r.iter().enumerate().take(ow1).skip(ow0) {
+                        dr[ow * g.sw + j - g.pw] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst [m, n] (contiguous) = a [m, k] @ b [k, n]`, plus the old `dst` when `accumulate`.
+fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    assert_eq!(dst.len(), m * n, "conv gemm: destination size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let in_bounds = |x: MatRef, rows: usize, cols: usize| {
+        x.rs >= 0
+            && x.cs >= 0
+            && x.offset + (rows - 1) * x.rs as usize + (cols - 1) * (x.cs as usize) < x.data.len()
+    };
+    assert!(
+        in_bounds(a, m, k) && in_bounds(b, k, n),
+        "conv gemm operand out of bounds"
+    );
+    // SAFETY: the assertions above prove every (i, j) read of a and b lies inside their
+    // slices and dst holds exactly m·n contiguous values; with read_dst the old values
+    // are scaled by alpha = 1, otherwise they are overwritten.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr().add(a.offset),
+            a.cs,
+            a.rs,
+            b.data.as_ptr().add(b.offset),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Row-major `[rows, cols]` view of `data` at `offset`.
+fn row_major(data: &[f32], offset: usize, cols: usize) -> MatRef<'_> {
+    MatRef {
+        data,
+        offset,
+        rs: cols as isize,
+        cs: 1,
+    }
+}
+
+/// Transposed view: element (i, j) is `data[offset + j·cols + i]` of a row-major
+/// `[·, cols]` matrix.
+fn transposed(data: &[f32], offset: usize, cols: usize) -> MatRef<'_> {
+    MatRef {
+        data,
+        offset,
+        rs: 1,
+        cs: cols as isize,
+    }
+}
+
+/// Runs `f(image index, output chunk)` over `out` split into per-image chunks of `len`,
+/// in parallel when the geometry says so.
+fn per_image(
+    g: &Conv2dGeom,
+    out: &mut [f32],
+    len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    if len == 0 {
+        return;
+    }
+    if g.batch_parallel() {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(bi, o)| f(bi, o));
+    } else {
+        out.chunks_mut(len).enumerate().for_each(|(bi, o)| f(bi, o));
+    }
+}
+
+/// Forward: y[b] = W [Cout, K] @ cols(x[b]) [K, L] + bias.
+pub fn conv2d_fwd(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (k, l) = (g.k(), g.l());
+    let mut y = vec![0f32; g.b * g.out_len()];
+    let par = g.gemm_par(g.cout, l, k);
+    per_image(g, &mut y, g.out_len(), |bi, yb| {
+        if let Some(bias) = bias {
+            for (row, &bv) in yb.chunks_mut(l).zip(bias) {
+                row.fill(bv);
+            }
+        }
+        let xb = &x[bi * g.in_len()..(bi + 1) * g.in_len()];
+        if g.is_pointwise() {
+            gemm_into(
+                yb,
+                (g.cout, l, k),
+                row_major(w, 0, k),
+                row_major(xb, 0, l),
+                bias.is_some(),
+                par,
+            );
+        } else {
+            let mut cols = vec![0f32; k * l];
+            im2col(g, xb, &mut cols);
+            gemm_into(
+                yb,
+                (g.cout, l, k),
+                row_major(w, 0, k),
+                row_major(&cols, 0, l),
+                bias.is_some(),
+                par,
+            );
+        }
+    });
+    y
+}
+
+/// Input gradient: dx[b] = col2im(Wᵀ [K, Cout] @ dy[b] [Cout, L]).
+pub fn conv2d_bwd_input(g: &Conv2dGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (k, l) = (g.k(), g.l());
+    let mut dx = vec![0f32; g.b * g.in_len()];
+    let par = g.gemm_par(k, l, g.cout);
+    per_image(g, &mut dx, g.in_len(), |bi, dxb| {
+        let dyb = row_major(dy, bi * g.out_len(), l);
+        if g.is_pointwise() {
+            gemm_into(dxb, (k, l, g.cout), transposed(w, 0, k), dyb, false, par);
+        } else {
+            let mut dcols = vec![0f32; k * l];
+            gemm_into(
+                &mut dcols,
+                (k, l, g.cout),
+                transposed(w, 0, k),
+                dyb,
+                false,
+                par,
+            );
+            col2im(g, &dcols, dxb);
+        }
+    });
+    dx
+}
+
+/// Weight gradient: dW = Σ_b dy[b] [Cout, L] @ cols(x[b])ᵀ [L, K].
+pub fn conv2d_bwd_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (k, l) = (g.k(), g.l());
+    let wlen = g.cout * k;
+    let par = g.gemm_par(g.cout, k, l);
+    // Adds image bi's contribution into `dw`, reusing `cols` as scratch.
+    let add_image = |bi: usize, dw: &mut [f32], cols: &mut Vec<f32>| {
+        let dyb = row_major(dy, bi * g.out_len(), l);
+        let xb = &x[bi * g.in_len()..(bi + 1) * g.in_len()];
+        if g.is_pointwise() {
+            gemm_into(dw, (g.cout, k, l), dyb, transposed(xb, 0, l), true, par);
+        } else {
+            cols.resize(k * l, 0.0);
+            im2col(g, xb, cols);
+            gemm_into(dw, (g.cout, k, l), dyb, transposed(cols, 0, l), true, par);
+        }
+    };
+    if g.batch_parallel() {
+        (0..g.b)
+            .into_par_iter()
+            .fold(
+                || (vec![0f32; wlen], Vec::new()),
+                |(mut dw, mut cols), bi| {
+                    add_image(bi, &mut dw, &mut cols);
+                    (dw, cols)
+                },
+            )
+            .map(|(dw, _)| dw)
+            .reduce(
+                || vec![0f32; wlen],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+    } else {
+        let mut dw = vec![0f32; wlen];
+        let mut cols = Vec::new();
+        for bi in 0..g.b {
+            add_image(bi, &mut dw, &mut cols);
+        }
+        dw
+    }
+}
+
+/// Bias gradient: db[co] = Σ_{b, l} dy[b, co, l], accumulated in f64.
+pub fn conv2d_bwd_bias(g: &Conv2dGeom, dy: &[f32]) -> Vec<f32> {
+    let l = g.l();
+    (0..g.cout)
+        .map(|co| {
+            let s: f64 = (0..g.b)
+                .flat_map(|bi| &dy[bi * g.out_len() + co * l..][..l])
+                .map(|&v| v as f64)
+                .sum();
+            s as f32
+        })
+        .collect()
+}
+
+/// Nearest upsampling of `planes` images [H, W] to [H·f, W·f]: y[oh, ow] = x[oh/f, ow/f].
+pub fn upsample_nearest2d_fwd(x: &[f32], planes: usize, h: usize, w: usize, f: usize) -> Vec<f32> {
+    let (ho, wo) = (h * f, w * f);
+    let mut y = vec![0f32; planes * ho * wo];
+    let plane = |(xp, yp): (&[f32], &mut [f32])| {
+        for (oh, yr) in yp.chunks_mut(wo).enumerate() {
+            let xr = &xp[(oh / f) * w..(oh / f + 1) * w];
+            for (ow, v) in yr.iter_mut().enumerate() {
+                *v = xr[ow / f];
+            }
+        }
+    };
+    if ho * wo == 0 {
+        return y;
+    }
+    if y.len() >= PAR_THRESHOLD {
+        x.par_chunks(h * w)
+            .zip(y.par_chunks_mut(ho * wo))
+            .for_each(plane);
+    } else {
+        x.chunks(h * w).zip(y.chunks_mut(ho * wo)).for_each(plane);
+    }
+    y
+}
+
+/// Adjoint of [`upsample_nearest2d_fwd`]: each input pixel sums its f×f output block.
+pub fn upsample_nearest2d_bwd(dy: &[f32], planes: usize, h: usize, w: usize, f: usize) -> Vec<f32> {
+    let (ho, wo) = (h * f, w * f);
+    let mut dx = vec![0f32; planes * h * w];
+    let plane = |(dyp, dxp): (&[f32], &mut [f32])| {
+        for (oh, dyr) in dyp.chunks(wo).enumerate() {
+            let dxr = &mut dxp[(oh / f) * w..(oh / f + 1) * w];
+            for (ow, &v) in dyr.iter().enumerate() {
+                dxr[ow / f] += v;
+            }
+        }
+    };
+    if h * w == 0 {
+        return dx;
+    }
+    if dy.len() >= PAR_THRESHOLD {
+        dy.par_chunks(ho * wo)
+            .zip(dx.par_chunks_mut(h * w))
+            .for_each(plane);
+    } else {
+        dy.chunks(ho * wo).zip(dx.chunks_mut(h * w)).for_each(plane);
+    }
+    dx
+}
