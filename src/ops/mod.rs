@@ -9,15 +9,21 @@
 //!   first floating input, so bf16/f16 tensors behave like low-precision storage.
 //! - Every backward rule returns gradients with exactly its input's shape.
 
+pub mod attention;
 pub mod binary;
+pub mod embedding;
 pub mod matmul;
 pub mod reduce;
+pub mod rope;
 pub mod shape;
 pub mod unary;
 
+pub use attention::*;
 pub use binary::*;
+pub use embedding::*;
 pub use matmul::*;
 pub use reduce::*;
+pub use rope::*;
 pub use shape::*;
 pub use unary::*;
 

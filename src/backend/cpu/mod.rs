@@ -3,9 +3,12 @@
 //! `PAR_THRESHOLD` elements is split over rayon's pool; results do not depend on the
 //! thread count except for the summation order of reductions.
 
+pub mod attention;
 pub mod binary;
+pub mod embedding;
 pub mod matmul;
 pub mod reduce;
+pub mod rope;
 pub mod unary;
 
 /// Below this many elements threading costs more than it saves.
