@@ -9,25 +9,31 @@
 //!   first floating input, so bf16/f16 tensors behave like low-precision storage.
 //! - Every backward rule returns gradients with exactly its input's shape.
 
+pub mod attention;
 pub mod binary;
 pub mod conv;
+pub mod embedding;
 pub mod loss;
 pub mod matmul;
 pub mod modulate;
 pub mod norm;
 pub mod reduce;
+pub mod rope;
 pub mod shape;
 pub mod softmax;
 pub mod spectral_norm;
 pub mod unary;
 
+pub use attention::*;
 pub use binary::*;
 pub use conv::*;
+pub use embedding::*;
 pub use loss::*;
 pub use matmul::*;
 pub use modulate::*;
 pub use norm::*;
 pub use reduce::*;
+pub use rope::*;
 pub use shape::*;
 pub use softmax::*;
 pub use spectral_norm::*;

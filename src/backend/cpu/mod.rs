@@ -3,14 +3,17 @@
 //! `PAR_THRESHOLD` elements is split over rayon's pool; results do not depend on the
 //! thread count except for the summation order of reductions.
 
+pub mod attention;
 pub mod binary;
 pub mod conv;
+pub mod embedding;
 pub mod loss;
 pub mod matmul;
 pub mod modulate;
 pub mod norm;
 pub mod optim;
 pub mod reduce;
+pub mod rope;
 pub mod softmax;
 pub mod spectral_norm;
 pub mod unary;
