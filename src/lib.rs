@@ -5,8 +5,10 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod diffusion;
 pub mod error;
 pub mod io;
+pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;

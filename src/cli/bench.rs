@@ -17,6 +17,36 @@ fn positive() -> clap::builder::RangedU64ValueParser<usize> {
 pub enum Bench {
     /// CPU GEMM (ops::matmul): [batch, m, k] @ [batch, k, n] in f32.
     Matmul(MatmulArgs),
+    /// A diffusers transformer folder: forward (and forward+backward) on random inputs.
+    Model(ModelArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A diffusers model folder (SD3Transformer2DModel or FluxTransformer2DModel).
+    #[arg(long)]
+    model: std::path::PathBuf,
+    #[arg(long, default_value_t = 1, value_parser = positive())]
+    batch: usize,
+    /// Latent height (FLUX: before 2×2 packing, so tokens = height/2 · width/2).
+    #[arg(long, default_value_t = 32, value_parser = positive())]
+    height: usize,
+    /// Latent width.
+    #[arg(long, default_value_t = 32, value_parser = positive())]
+    width: usize,
+    /// Text tokens in encoder_hidden_states.
+    #[arg(long, default_value_t = 16, value_parser = positive())]
+    text_len: usize,
+    /// Also time forward + backward of Σ sample² with respect to every parameter.
+    #[arg(long)]
+    backward: bool,
+    #[arg(long, default_value = "cpu")]
+    device: senseflow::Device,
+    #[arg(long, default_value = "f32")]
+    dtype: senseflow::DType,
+    /// Timed runs after one warm-up (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = positive())]
+    repeats: usize,
 }
 
 #[derive(clap::Args)]
@@ -38,7 +68,133 @@ pub struct MatmulArgs {
 pub fn run(b: &Bench) -> anyhow::Result<()> {
     match b {
         Bench::Matmul(a) => matmul(a),
+        Bench::Model(a) => model(a),
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Peak resident set size of this process in MiB (Linux /proc; None elsewhere).
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn model(a: &ModelArgs) -> anyhow::Result<()> {
+    use senseflow::models::flux::FluxInputs;
+    use senseflow::models::{load_transformer, Transformer};
+    senseflow::backend::cuda::require(a.device)?;
+    let (m, store) = load_transformer(&a.model, a.dtype, a.backward)?;
+    let mut rng = Philox::new(0xbe4c);
+    let (b, l) = (a.batch, a.text_len);
+    let mut randn = |shape: &[usize]| Tensor::randn(shape, &mut rng).to_dtype(a.dtype);
+    // One closure runs the model on fixed inputs in diffusers' conventions.
+    let run: Box<dyn Fn() -> senseflow::Result<Tensor>> = match &m {
+        Transformer::Mmdit(model) => {
+            let c = &model.cfg;
+            let x = randn(&[b, c.in_channels, a.height, a.width])?;
+            let ehs = randn(&[b, l, c.joint_attention_dim])?;
+            let pooled = randn(&[b, c.pooled_projection_dim])?;
+            let t = Tensor::full(500.0, &[b]).to_dtype(a.dtype)?;
+            Box::new(move || model.forward(&x, &ehs, &pooled, &t))
+        }
+        Transformer::Flux(model) => {
+            let c = &model.cfg;
+            anyhow::ensure!(a.height % 2 == 0 && a.width % 2 == 0, "FLUX latents pack 2×2: height and width must be even");
+            let (gh, gw) = (a.height / 2, a.width / 2);
+            let x = randn(&[b, gh * gw, c.in_channels])?;
+            let ehs = randn(&[b, l, c.joint_attention_dim])?;
+            let pooled = randn(&[b, c.pooled_projection_dim])?;
+            let t = Tensor::full(0.5, &[b]).to_dtype(a.dtype)?;
+            let g = c.guidance_embeds.then(|| Tensor::full(3.5, &[b]).to_dtype(a.dtype)).transpose()?;
+            let axes = c.axes_dims_rope.len();
+            let mut ids = vec![0f32; gh * gw * axes];
+            for (i, row) in ids.chunks_mut(axes).enumerate() {
+                row[1] = (i / gw) as f32;
+                row[2] = (i % gw) as f32;
+            }
+            let img_ids = Tensor::from_vec(ids, &[gh * gw, axes])?.to_dtype(a.dtype)?;
+            let txt_ids = Tensor::zeros(&[l, axes]).to_dtype(a.dtype)?;
+            Box::new(move || {
+                model.forward(&FluxInputs {
+                    hidden_states: &x,
+                    encoder_hidden_states: &ehs,
+                    pooled_projections: &pooled,
+                    timestep: &t,
+                    img_ids: &img_ids,
+                    txt_ids: &txt_ids,
+                    guidance: g.as_ref(),
+                })
+            })
+        }
+    };
+    let time_forward = || -> anyhow::Result<(f64, u64)> {
+        let _g = senseflow::no_grad();
+        ops::counters::take_flops();
+        let t = Instant::now();
+        drop(run()?);
+        Ok((t.elapsed().as_secs_f64() * 1e3, ops::counters::take_flops()))
+    };
+    time_forward()?;
+    let mut fwd = Vec::with_capacity(a.repeats);
+    let mut fwd_flops = 0;
+    for _ in 0..a.repeats {
+        let (ms, f) = time_forward()?;
+        fwd.push(ms);
+        fwd_flops = f;
+    }
+    let fwd_ms = median(fwd);
+    let mut report = serde_json::json!({
+        "bench": "model",
+        "model": a.model.display().to_string(),
+        "class": m.class_name(),
+        "parameters": store.num_elements(),
+        "device": a.device.to_string(),
+        "dtype": a.dtype.to_string(),
+        "threads": cpu::num_threads(),
+        "batch": b,
+        "height": a.height,
+        "width": a.width,
+        "text_len": l,
+        "repeats": a.repeats,
+        "forward_ms": fwd_ms,
+        "forward_gflop": fwd_flops as f64 / 1e9,
+        "forward_gflops": fwd_flops as f64 / (fwd_ms * 1e6),
+    });
+    if a.backward {
+        let time_step = || -> anyhow::Result<(f64, u64)> {
+            ops::counters::take_flops();
+            let t = Instant::now();
+            let y = run()?;
+            let loss = y.sqr()?.mean_all()?;
+            drop(senseflow::backward(&loss)?);
+            Ok((t.elapsed().as_secs_f64() * 1e3, ops::counters::take_flops()))
+        };
+        time_step()?;
+        let mut step = Vec::with_capacity(a.repeats);
+        let mut step_flops = 0;
+        for _ in 0..a.repeats {
+            let (ms, f) = time_step()?;
+            step.push(ms);
+            step_flops = f;
+        }
+        let step_ms = median(step);
+        report["forward_backward_ms"] = step_ms.into();
+        report["forward_backward_gflop"] = (step_flops as f64 / 1e9).into();
+        report["forward_backward_gflops"] = (step_flops as f64 / (step_ms * 1e6)).into();
+    }
+    report["peak_rss_mib"] = peak_rss_mib().into();
+    emit(&format!("{report}\n"))
 }
 
 fn matmul(a: &MatmulArgs) -> anyhow::Result<()> {

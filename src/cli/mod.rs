@@ -10,6 +10,7 @@
 //! - A closed stdout (`senseflow inspect big | head`) ends the command quietly.
 
 mod bench;
+mod forward;
 mod inspect;
 mod selfcheck;
 
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// List the tensors of a safetensors file or a diffusers/transformers model folder.
     Inspect(inspect::Args),
+    /// Run one forward pass of a diffusers model folder on a safetensors file of inputs.
+    Forward(forward::Args),
     /// Time engine kernels and print the results as JSON.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(a) => inspect::run(&a),
+        Command::Forward(a) => forward::run(&a),
         Command::Bench(b) => bench::run(&b),
         Command::Selfcheck => selfcheck::run(),
     }

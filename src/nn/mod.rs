@@ -6,8 +6,13 @@
 //! shape) or initializes it. Every parameter lands in the `ParamStore`, which the
 //! optimizer, checkpoints and IDA enumerate in a stable (sorted) order.
 
+pub mod embeddings;
 mod linear;
+pub mod mlp;
+pub mod norm;
 mod store;
 
 pub use linear::Linear;
+pub use mlp::FeedForward;
+pub use norm::{AdaLayerNormContinuous, AdaLayerNormZero, LayerNorm, RmsNorm};
 pub use store::{Init, ParamSource, ParamStore, VarBuilder};

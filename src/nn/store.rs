@@ -69,17 +69,25 @@ pub struct VarBuilder {
     dtype: DType,
     trainable: bool,
     seed: u64,
+    /// Shapes only: parameters are zero-stride views of one element (counting
+    /// parameters and listing expected keys of multi-billion-parameter configs).
+    meta: bool,
 }
 
 impl VarBuilder {
     /// Parameters initialized from `seed` (training from scratch).
     pub fn fresh(store: &ParamStore, dtype: DType, seed: u64) -> Self {
-        VarBuilder { prefix: String::new(), store: store.clone(), source: None, dtype, trainable: true, seed }
+        VarBuilder { prefix: String::new(), store: store.clone(), source: None, dtype, trainable: true, seed, meta: false }
     }
 
     /// Parameters loaded from a checkpoint; every requested key must exist there.
     pub fn from_source(store: &ParamStore, source: Arc<dyn ParamSource>, dtype: DType) -> Self {
-        VarBuilder { prefix: String::new(), store: store.clone(), source: Some(source), dtype, trainable: true, seed: 0 }
+        VarBuilder { prefix: String::new(), store: store.clone(), source: Some(source), dtype, trainable: true, seed: 0, meta: false }
+    }
+
+    /// Records names and shapes without allocating (see `meta`).
+    pub fn meta(store: &ParamStore) -> Self {
+        VarBuilder { prefix: String::new(), store: store.clone(), source: None, dtype: DType::F32, trainable: false, seed: 0, meta: true }
     }
 
     /// Frozen parameters: the tape never tracks them (teachers, VFM backbones).
@@ -126,6 +134,7 @@ impl VarBuilder {
             return Ok(t);
         }
         let t = match &self.source {
+            _ if self.meta => Tensor::scalar(0.0).broadcast_to(shape)?,
             Some(src) => {
                 let t = src.load(&key)?.ok_or_else(|| Error::Msg(format!("{}: missing tensor '{key}' (expected shape {shape:?})", src.describe())))?;
                 if t.shape() != shape {
@@ -142,6 +151,23 @@ impl VarBuilder {
         let t = if self.trainable { t.var() } else { t.detach() };
         self.store.insert(&key, t.clone());
         Ok(t)
+    }
+
+    /// A non-trainable buffer stored in checkpoints (e.g. SD3's `pos_embed.pos_embed`):
+    /// loaded when the source has it (shape checked), otherwise `None` so the module
+    /// computes it. Buffers are not parameters: they never enter the store.
+    pub fn buffer(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        let key = self.path(name);
+        let Some(src) = self.source.as_ref().filter(|_| !self.meta) else { return Ok(None) };
+        match src.load(&key)? {
+            None => Ok(None),
+            Some(t) if t.shape() != shape => Err(Error::Msg(format!(
+                "{}: buffer '{key}' has shape {:?}, the config expects {shape:?}",
+                src.describe(),
+                t.shape()
+            ))),
+            Some(t) => Ok(Some(t.to_dtype(DType::F32)?.contiguous_untracked()?.detach())),
+        }
     }
 
     fn init(&self, key: &str, shape: &[usize], init: Init) -> Result<Tensor> {

@@ -105,9 +105,9 @@ impl Backward for EmbeddingBackward {
 /// `flip_sin_to_cos`), plus a zero column when dim is odd. Differentiable in t.
 ///
 /// diffusers equivalent: `get_timestep_embedding(t, dim, flip_sin_to_cos,
-/// downscale_freq_shift, scale, max_period)`. diffusers evaluates it in float32;
-/// this evaluates in f64 and rounds once, so at t ≈ 1000 it is closer to the exact
-/// value than diffusers by up to ~|a|·2⁻²⁴ (≈ 6e-5 absolute).
+/// downscale_freq_shift, scale, max_period)`, including its float32 evaluation of
+/// the argument a (see `backend::cpu::embedding::timestep_fwd`); the gradient in t
+/// is evaluated in f64.
 pub fn timestep_embedding(
     t: &Tensor,
     dim: usize,

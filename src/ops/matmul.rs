@@ -45,6 +45,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Err(mismatch());
     }
     let batch: usize = batch_shape.iter().product();
+    super::counters::add_flops(2 * (batch * m * n * ka) as u64);
     // Operands must be f32 in storage and have a single batch stride; else copy.
     let prep = |t: &Tensor| -> Result<Tensor> {
         let f32_storage = matches!(&*t.read_storage(), Storage::Cpu(c) if c.as_f32().is_some());

@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod binary;
 pub mod conv;
+pub mod counters;
 pub mod embedding;
 pub mod loss;
 pub mod matmul;

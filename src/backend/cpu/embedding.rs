@@ -59,6 +59,15 @@ impl TimestepParams {
             .collect()
     }
 
+    /// The frequencies as diffusers evaluates them, in float32: exponent
+    /// f32(−ln max_period)·k / f32(half − shift), then exp (correctly rounded here).
+    fn freqs_f32(&self) -> Vec<f32> {
+        let half = self.dim / 2;
+        let neg_log = -self.max_period.ln() as f32;
+        let denom = (half as f64 - self.downscale_freq_shift) as f32;
+        (0..half).map(|k| ((neg_log * k as f32 / denom) as f64).exp() as f32).collect()
+    }
+
     /// Columns of sin and cos of frequency k (the flip swaps the two halves).
     fn cols(&self, k: usize) -> (usize, usize) {
         let half = self.dim / 2;
@@ -72,12 +81,18 @@ impl TimestepParams {
 
 /// [B, dim]: sin(scale·t·freq_k) and cos(scale·t·freq_k) in two halves, a zero column
 /// last when dim is odd.
+///
+/// The argument a = scale·t·freq_k is formed in float32 exactly as diffusers does
+/// (its sinusoid is a float32 island even in a float64 model): at t·1000-scale
+/// arguments one f32 rounding of a moves sin/cos by ~|a|·2⁻²⁴, which is visible at the
+/// 1e-4 model-parity budget. sin/cos of that argument are correctly rounded.
 pub fn timestep_fwd(t: &[f32], p: &TimestepParams) -> Vec<f32> {
-    let freqs = p.freqs();
+    let freqs = p.freqs_f32();
+    let scale = p.scale as f32;
     let mut out = vec![0f32; t.len() * p.dim];
     for (row, &tb) in out.chunks_exact_mut(p.dim.max(1)).zip(t) {
         for (k, &f) in freqs.iter().enumerate() {
-            let (s, c) = (p.scale * tb as f64 * f).sin_cos();
+            let (s, c) = ((scale * (tb * f)) as f64).sin_cos();
             let (cs, cc) = p.cols(k);
             row[cs] = s as f32;
             row[cc] = c as f32;

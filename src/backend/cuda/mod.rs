@@ -23,6 +23,14 @@ impl CudaStorage {
     }
 }
 
+/// Fails with a clear message unless `device` can be used.
+pub fn require(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) => Err(Error::NoCuda),
+    }
+}
+
 /// Whether a usable CUDA device is present.
 pub fn is_available() -> bool {
     false

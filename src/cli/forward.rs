@@ -1,0 +1,71 @@
+//! `senseflow forward`: one forward pass of a diffusers model folder on inputs named like
+//! the diffusers forward's keyword arguments; writes `sample` to a safetensors file.
+
+use anyhow::Context;
+use senseflow::io;
+use senseflow::models::flux::FluxInputs;
+use senseflow::models::{load_transformer, Transformer};
+use senseflow::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A diffusers model folder (config.json + safetensors weights).
+    #[arg(long)]
+    model: PathBuf,
+    /// Inputs: hidden_states, encoder_hidden_states, pooled_projections, timestep
+    /// (FLUX also img_ids, txt_ids and, with guidance embeds, guidance).
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Output safetensors file; receives `sample`.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Compute dtype (weights are converted on load).
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
+}
+
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    if a.device != Device::Cpu {
+        senseflow::backend::cuda::require(a.device)?;
+    }
+    let _g = senseflow::no_grad();
+    let (model, _) = load_transformer(&a.model, a.dtype, false)?;
+    let inputs = io::load(&a.inputs)?;
+    let path = a.inputs.display().to_string();
+    let get = |name: &str| -> anyhow::Result<Tensor> {
+        if !inputs.contains(name) {
+            anyhow::bail!("{path}: missing input tensor '{name}' (a {} needs it)", model.class_name());
+        }
+        Ok(inputs.get_as(name, a.dtype)?)
+    };
+    let x = get("hidden_states")?;
+    let ehs = get("encoder_hidden_states")?;
+    let pooled = get("pooled_projections")?;
+    let t = get("timestep")?;
+    let sample = match &model {
+        Transformer::Mmdit(m) => m.forward(&x, &ehs, &pooled, &t),
+        Transformer::Flux(m) => {
+            let (img_ids, txt_ids) = (get("img_ids")?, get("txt_ids")?);
+            let guidance = if m.cfg.guidance_embeds { Some(get("guidance")?) } else { None };
+            m.forward(&FluxInputs {
+                hidden_states: &x,
+                encoder_hidden_states: &ehs,
+                pooled_projections: &pooled,
+                timestep: &t,
+                img_ids: &img_ids,
+                txt_ids: &txt_ids,
+                guidance: guidance.as_ref(),
+            })
+        }
+    }
+    .with_context(|| format!("{}: forward", a.model.display()))?;
+    let mut meta = HashMap::new();
+    meta.insert("model".to_string(), a.model.display().to_string());
+    io::save(&a.out, &[("sample".to_string(), &sample)], Some(meta))?;
+    eprintln!("wrote sample {:?} ({}) to {}", sample.shape(), sample.dtype(), a.out.display());
+    Ok(())
+}
