@@ -13,6 +13,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod senseflow;
 pub mod tensor;
 pub mod testing;
 

@@ -28,6 +28,8 @@ pub enum UnaryOp {
     LeakyRelu(f32),
     Sqr,
     Abs,
+    /// torch.nan_to_num: NaN → 0, ±∞ → ±f32::MAX; gradient 1 where x is finite.
+    NanToNum,
 }
 
 #[inline]
@@ -52,6 +54,7 @@ impl UnaryOp {
             UnaryOp::LeakyRelu(_) => "leaky_relu",
             UnaryOp::Sqr => "sqr",
             UnaryOp::Abs => "abs",
+            UnaryOp::NanToNum => "nan_to_num",
         }
     }
 
@@ -78,6 +81,13 @@ impl UnaryOp {
             }
             UnaryOp::Sqr => x * x,
             UnaryOp::Abs => x.abs(),
+            UnaryOp::NanToNum => {
+                if x.is_nan() {
+                    0.0
+                } else {
+                    x.clamp(f32::MIN, f32::MAX)
+                }
+            }
         }
     }
 
@@ -126,6 +136,7 @@ impl UnaryOp {
             }
             UnaryOp::Sqr => 2.0 * x,
             UnaryOp::Abs => x.signum() * (x != 0.0) as i32 as f32,
+            UnaryOp::NanToNum => x.is_finite() as i32 as f32,
         }
     }
 }
@@ -179,6 +190,7 @@ unary_fns! {
     relu => UnaryOp::Relu,
     sqr => UnaryOp::Sqr,
     abs => UnaryOp::Abs,
+    nan_to_num => UnaryOp::NanToNum,
 }
 
 pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
