@@ -16,6 +16,7 @@ pub mod rng;
 pub mod senseflow;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 
 pub use autograd::{backward, no_grad, Grads};
 pub use error::{Error, Result};

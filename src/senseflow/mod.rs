@@ -5,10 +5,13 @@
 
 pub mod anchors;
 pub mod augment;
+pub mod config;
 pub mod disc;
+pub mod distill;
 pub mod dmd;
 pub mod ida;
 pub mod isg;
+pub mod nets;
 
 pub use anchors::{AdvWeight, Anchors};
 pub use dmd::dmd_loss;
