@@ -5,8 +5,11 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
+pub mod demo;
 pub mod diffusion;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod models;
 pub mod nn;

@@ -10,9 +10,12 @@
 //! - A closed stdout (`senseflow inspect big | head`) ends the command quietly.
 
 mod bench;
+mod data;
 mod forward;
 mod inspect;
+mod plots;
 mod selfcheck;
+mod train_teacher;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -36,11 +39,16 @@ struct Cli {
 enum Command {
     /// List the tensors of a safetensors file or a diffusers/transformers model folder.
     Inspect(inspect::Args),
+    /// Train the demo world's teacher and text encoder from scratch (flow matching).
+    TrainTeacher(train_teacher::Args),
     /// Run one forward pass of a diffusers model folder on a safetensors file of inputs.
     Forward(forward::Args),
     /// Time engine kernels and print the results as JSON.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Look at the built-in captioned-shapes dataset.
+    #[command(subcommand)]
+    Data(data::Data),
     /// Run a quick end-to-end check of the engine on the CPU (gradients, RNG, I/O).
     Selfcheck,
 }
@@ -81,7 +89,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(a) => inspect::run(&a),
         Command::Forward(a) => forward::run(&a),
+        Command::TrainTeacher(a) => train_teacher::run(&a),
         Command::Bench(b) => bench::run(&b),
+        Command::Data(d) => data::run(&d),
         Command::Selfcheck => selfcheck::run(),
     }
 }
