@@ -14,7 +14,9 @@ mod data;
 mod forward;
 mod inspect;
 mod plots;
+mod sample_eval;
 mod selfcheck;
+mod train_aux;
 mod train_teacher;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,12 @@ enum Command {
     Inspect(inspect::Args),
     /// Train the demo world's teacher and text encoder from scratch (flow matching).
     TrainTeacher(train_teacher::Args),
+    /// Train the demo's evaluator (the network `eval` measures with).
+    TrainEvaluator(train_aux::EvaluatorArgs),
+    /// Sample a PNG grid from a model folder (teacher or distilled generator).
+    Sample(sample_eval::SampleArgs),
+    /// Measure prompt adherence and FD-T on the demo's fixed prompt set.
+    Eval(sample_eval::EvalArgs),
     /// Run one forward pass of a diffusers model folder on a safetensors file of inputs.
     Forward(forward::Args),
     /// Time engine kernels and print the results as JSON.
@@ -90,6 +98,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(&a),
         Command::Forward(a) => forward::run(&a),
         Command::TrainTeacher(a) => train_teacher::run(&a),
+        Command::Sample(a) => sample_eval::sample(&a),
+        Command::Eval(a) => sample_eval::eval(&a),
+        Command::TrainEvaluator(a) => train_aux::evaluator(&a),
         Command::Bench(b) => bench::run(&b),
         Command::Data(d) => data::run(&d),
         Command::Selfcheck => selfcheck::run(),

@@ -5,6 +5,7 @@
 //! `assets/demo/` with the commands that remake them (assets/demo/README.md).
 
 pub mod eval;
+pub mod classifier;
 pub mod evaluator;
 pub mod teacher;
 pub mod text;
@@ -123,4 +124,32 @@ pub fn save_text_encoder(dir: &Path, enc: &DemoTextEncoder, params: &[(String, T
     });
     save_folder(dir, "model.safetensors", params, &config, DType::F32)?;
     enc.tokenizer.save(dir.join("vocab.json"))
+}
+
+/// The demo world's frozen networks.
+pub struct DemoWorld {
+    pub teacher: crate::models::Transformer,
+    pub text: DemoTextEncoder,
+    pub evaluator: evaluator::Evaluator,
+}
+
+/// Loads the evaluator folder (config.json + model.safetensors).
+pub fn load_evaluator(dir: &Path) -> Result<evaluator::Evaluator> {
+    let file = io::load(dir.join("model.safetensors"))?;
+    let store = ParamStore::new();
+    let vb = VarBuilder::from_source(&store, std::sync::Arc::new(TensorFile(file)), DType::F32).frozen();
+    evaluator::Evaluator::new(&vb, IMAGE_SIZE)
+}
+
+impl DemoWorld {
+    /// Loads `assets/demo` (or `dir`): teacher/, text_encoder/, evaluator/.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let (teacher, _) = crate::models::load_transformer(dir.join("teacher"), DType::F32, false)?;
+        Ok(DemoWorld { teacher, text: load_text_encoder(&dir.join("text_encoder"), false)?, evaluator: load_evaluator(&dir.join("evaluator"))? })
+    }
+}
+
+/// The σ list of a few-step generator: its anchors (shifted like the teacher) then 0.
+pub fn anchor_sigmas(anchors: &[usize], shift: f64) -> Result<Vec<f32>> {
+    Ok(crate::senseflow::Anchors::new(anchors.to_vec(), crate::diffusion::Shift::Sd3(shift))?.schedule())
 }

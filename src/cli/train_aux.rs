@@ -1,0 +1,50 @@
+//! `senseflow train-evaluator`: trains the demo's evaluator (the measuring network of
+//! `eval`) on captioned shapes drawn from a seed of its own, and exports it.
+
+use senseflow::data::{ShapesConfig, ShapesDataset};
+use senseflow::demo::classifier::{accuracy, train, ClassifierTrainConfig, Heads};
+use senseflow::demo::evaluator::Evaluator;
+use senseflow::demo::{self, save_folder};
+use senseflow::nn::{ParamStore, VarBuilder};
+use senseflow::train::RunDir;
+use senseflow::DType;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct EvaluatorArgs {
+    #[arg(long, default_value = "demo-evaluator")]
+    run: String,
+    #[arg(long, default_value_t = 800)]
+    steps: u64,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Dataset seed: the evaluator sees images the teacher never trained on.
+    #[arg(long, default_value_t = 1000)]
+    seed: u64,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<()> {
+    let cfg = ClassifierTrainConfig { steps: a.steps, batch: a.batch, lr: a.lr, warmup: 50, seed: a.seed };
+    let dir = RunDir::create(PathBuf::from("runs").join(&a.run))?;
+    dir.save_config(&cfg)?;
+    let data = ShapesDataset::new(ShapesConfig { size: demo::IMAGE_SIZE, ..Default::default() }, a.seed)?;
+    let store = ParamStore::new();
+    let ev = Evaluator::new(&VarBuilder::fresh(&store, DType::F32, a.seed), demo::IMAGE_SIZE)?;
+    let forward = |x: &senseflow::Tensor| -> senseflow::Result<Heads> {
+        let o = ev.forward(x)?;
+        Ok(Heads { shape: o.shape, color: o.color, position: o.position, size: o.size })
+    };
+    train("train-evaluator", &forward, &store.named(), &data, &cfg, &dir)?;
+    let acc = accuracy(&forward, &data, 1024)?;
+    let report = serde_json::json!({ "held_out_samples": 1024, "shape_acc": acc[0], "color_acc": acc[1], "position_acc": acc[2], "size_acc": acc[3] });
+    eprintln!("evaluator held-out accuracy: {report}");
+    let out = a.out.clone().unwrap_or_else(|| dir.path("export")).join("evaluator");
+    save_folder(&out, "model.safetensors", &store.named(), &serde_json::json!({ "image_size": demo::IMAGE_SIZE, "accuracy": report, "train": cfg }), DType::F32)?;
+    super::plots::loss_curve(&dir, "loss", "train-evaluator cross-entropy")?;
+    eprintln!("exported evaluator to {}", out.display());
+    Ok(())
+}
