@@ -45,6 +45,7 @@ fn bench(c: &mut Criterion) {
             v: HeadsRef::contiguous(&v, h, n, d),
             mask: None,
             scale: 1.0 / (d as f32).sqrt(),
+            causal: false,
         };
         let fwd_flops = 4 * b * h * n * n * d;
         let label = format!("B{b}_H{h}_N{n}_D{d}");

@@ -1,7 +1,8 @@
 //! Fused attention: finite-difference gradient checks of q, k and v (with and without
-//! a key mask, Nq ≠ Nk, sequence 97, odd head counts, non-default scale), and the
-//! fused forward/backward against a naive materialized-softmax reference in f64 at
-//! awkward sizes (1, 97, 257 tokens, partial tiles, a fully masked batch).
+//! a key mask, Nq ≠ Nk, sequence 97, odd head counts, non-default scale, causal), and
+//! the fused forward/backward against a naive materialized-softmax reference in f64 at
+//! awkward sizes (1, 97, 257 tokens, partial tiles, a fully masked batch, causal
+//! masks crossing and skipping tiles).
 
 use senseflow::ops;
 use senseflow::rng::Philox;
@@ -36,6 +37,7 @@ struct Reference {
 
 /// Naive attention in f64: the full softmax per query row, then its textbook
 /// backward. A query with no attended key gives a zero row and zero gradients.
+/// `causal`: query i sees keys j ≤ i only.
 #[allow(clippy::too_many_arguments)]
 fn attention_naive(
     q: &Tensor,
@@ -44,6 +46,7 @@ fn attention_naive(
     mask: Option<&Tensor>,
     scale: f64,
     g: &Tensor,
+    causal: bool,
 ) -> Result<Reference> {
     let [b, h, nq, d] = q.shape().try_into().unwrap();
     let (nk, dv) = (k.shape()[2], v.shape()[3]);
@@ -71,7 +74,9 @@ fn attention_naive(
             let kr = |j: usize| &kv[(bh * nk + j) * d..(bh * nk + j + 1) * d];
             let vr = |j: usize| &vv[(bh * nk + j) * dv..(bh * nk + j + 1) * dv];
             for i in 0..nq {
-                let keys: Vec<usize> = (0..nk).filter(|&j| mv[bi * nk + j] != 0.0).collect();
+                let keys: Vec<usize> = (0..nk)
+                    .filter(|&j| mv[bi * nk + j] != 0.0 && (!causal || j <= i))
+                    .collect();
                 if keys.is_empty() {
                     continue;
                 }
@@ -129,7 +134,7 @@ fn attention_naive(
     Ok(r)
 }
 
-/// Runs the fused op and its backward with upstream gradient g.
+/// Runs the fused op (causal or not) and its backward with upstream gradient g.
 fn fused(
     q: &Tensor,
     k: &Tensor,
@@ -137,10 +142,15 @@ fn fused(
     mask: Option<&Tensor>,
     scale: Option<f32>,
     g: &Tensor,
+    causal: bool,
 ) -> Result<Reference> {
     senseflow::autograd::clear_tape();
     let (qv, kv, vv) = (q.var(), k.var(), v.var());
-    let out = ops::attention(&qv, &kv, &vv, mask, scale)?;
+    let out = if causal {
+        ops::causal_attention(&qv, &kv, &vv, mask, scale)?
+    } else {
+        ops::attention(&qv, &kv, &vv, mask, scale)?
+    };
     let grads = backward(&out.mul(g)?.sum_all()?)?;
     let get = |t: &Tensor| {
         grads
@@ -255,7 +265,7 @@ fn fused_matches_naive() -> Result<()> {
         );
         let g = randn(&[b, h, nq, dv], s + 4);
         let m = masked.then(|| key_mask(b, nk));
-        let got = fused(&q, &k, &v, m.as_ref(), scale, &g)?;
+        let got = fused(&q, &k, &v, m.as_ref(), scale, &g, false)?;
         let want = attention_naive(
             &q,
             &k,
@@ -263,10 +273,80 @@ fn fused_matches_naive() -> Result<()> {
             m.as_ref(),
             scale.unwrap_or(1.0 / (d as f32).sqrt()) as f64,
             &g,
+            false,
         )?;
         // f32 tiles against f64: observed ≤ 2.4e-6 relative; the project's 1e-5 budget.
         compare(
             &format!("fused vs naive B{b} H{h} Nq{nq} Nk{nk} D{d} Dv{dv} mask={masked}"),
+            &got,
+            &want,
+            1e-5,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn grad_causal_attention() -> Result<()> {
+    let gc = GradCheck::default();
+    // Self attention over 37 tokens, odd head count.
+    let (q, k, v) = (
+        randn(&[2, 3, 37, 8], 60),
+        randn(&[2, 3, 37, 8], 61),
+        randn(&[2, 3, 37, 8], 62),
+    );
+    gc.run("causal/self", &[q, k, v], |x| {
+        ops::causal_attention(&x[0], &x[1], &x[2], None, None)
+    })?;
+    // Nq < Nk and Nq > Nk (top-left aligned), Dv ≠ D, with a key mask and a scale.
+    let (q, k, v) = (
+        randn(&[2, 1, 7, 8], 63),
+        randn(&[2, 1, 13, 8], 64),
+        randn(&[2, 1, 13, 5], 65),
+    );
+    let m = key_mask(2, 13);
+    gc.run("causal/nq<nk masked", &[q, k, v], |x| {
+        ops::causal_attention(&x[0], &x[1], &x[2], Some(&m), Some(0.4))
+    })?;
+    let (q, k, v) = (
+        randn(&[1, 2, 15, 8], 66),
+        randn(&[1, 2, 6, 8], 67),
+        randn(&[1, 2, 6, 8], 68),
+    );
+    gc.run("causal/nq>nk", &[q, k, v], |x| {
+        ops::causal_attention(&x[0], &x[1], &x[2], None, None)
+    })
+}
+
+#[test]
+fn causal_fused_matches_naive() -> Result<()> {
+    // (B, H, Nq, Nk, D, Dv, masked): the diagonal inside one tile, crossing query
+    // tiles (64) and key tiles (128), whole key tiles above it skipped (Nq < Nk),
+    // queries past the last key (Nq > Nk), CLIP's 77 tokens.
+    type Case = (usize, usize, usize, usize, usize, usize, bool);
+    let cases: [Case; 7] = [
+        (1, 1, 1, 1, 8, 8, false),
+        (2, 3, 77, 77, 16, 16, false),
+        (2, 3, 77, 77, 16, 16, true),
+        (1, 2, 257, 257, 8, 8, true),
+        (1, 2, 70, 300, 16, 12, false),
+        (2, 1, 200, 65, 8, 8, true),
+        (1, 1, 129, 129, 32, 32, false),
+    ];
+    for (i, &(b, h, nq, nk, d, dv, masked)) in cases.iter().enumerate() {
+        let s = 1000 + 100 * i as u64;
+        let (q, k, v) = (
+            randn(&[b, h, nq, d], s + 1),
+            randn(&[b, h, nk, d], s + 2),
+            randn(&[b, h, nk, dv], s + 3),
+        );
+        let g = randn(&[b, h, nq, dv], s + 4);
+        let m = masked.then(|| key_mask(b, nk));
+        let got = fused(&q, &k, &v, m.as_ref(), None, &g, true)?;
+        let want = attention_naive(&q, &k, &v, m.as_ref(), 1.0 / (d as f64).sqrt(), &g, true)?;
+        // f32 tiles against f64, as in fused_matches_naive: the project's 1e-5 budget.
+        compare(
+            &format!("causal fused vs naive B{b} H{h} Nq{nq} Nk{nk} D{d} Dv{dv} mask={masked}"),
             &got,
             &want,
             1e-5,
@@ -290,8 +370,8 @@ fn fully_masked_batch_gives_zeros() -> Result<()> {
     mv[n..].fill(0.0);
     mv[3] = 0.0;
     let m = Tensor::from_vec(mv, &[b, n])?;
-    let got = fused(&q, &k, &v, Some(&m), None, &g)?;
-    let want = attention_naive(&q, &k, &v, Some(&m), 1.0 / (d as f64).sqrt(), &g)?;
+    let got = fused(&q, &k, &v, Some(&m), None, &g, false)?;
+    let want = attention_naive(&q, &k, &v, Some(&m), 1.0 / (d as f64).sqrt(), &g, false)?;
     let half = h * n * d;
     for (name, x) in [
         ("out", &got.out),
@@ -327,7 +407,7 @@ fn strided_and_broadcast_views() -> Result<()> {
         vs.transpose(1, 2)?,
     );
     let g = randn(&[b, h, n, d], 33);
-    let strided = fused(&q, &k, &v, None, None, &g)?;
+    let strided = fused(&q, &k, &v, None, None, &g, false)?;
     let contiguous = fused(
         &q.contiguous()?,
         &k.contiguous()?,
@@ -335,6 +415,7 @@ fn strided_and_broadcast_views() -> Result<()> {
         None,
         None,
         &g,
+        false,
     )?;
     compare("transposed views vs contiguous", &strided, &contiguous, 0.0)?;
 

@@ -35,6 +35,22 @@ fn attention_matches_torch_sdpa() -> Result<()> {
 }
 
 #[test]
+fn causal_attention_matches_torch_sdpa_is_causal() -> Result<()> {
+    for case in [
+        "causal_n97_scale",
+        "causal_nq70_nk131",
+        "causal_nq131_nk70_dv12",
+    ] {
+        let f = load("attention", case)?;
+        let scale = f.params["scale"].as_f64().map(|s| s as f32);
+        f.check_op(&["q", "k", "v"], TOL, |x| {
+            ops::causal_attention(&x[0], &x[1], &x[2], None, scale)
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
 fn flux_pos_embed_matches_diffusers() -> Result<()> {
     for case in ["flux_pos_embed_small", "flux_pos_embed_flux"] {
         let f = load("rope", case)?;

@@ -28,6 +28,34 @@ pub fn attention(
     key_mask: Option<&Tensor>,
     scale: Option<f32>,
 ) -> Result<Tensor> {
+    attention_impl(q, k, v, key_mask, scale, false)
+}
+
+/// [`attention`] with a causal mask: query i attends keys j ≤ i only, aligned at the
+/// top left (for Nq ≠ Nk too), on top of the optional `key_mask`. The backward is
+/// the same fused pass, skipping the tiles above the diagonal.
+///
+/// PyTorch equivalent: `F.scaled_dot_product_attention(q, k, v, is_causal=True,
+/// scale=scale)` (torch rejects `is_causal` together with a mask; here the two
+/// combine: a key is attended when both allow it).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: Option<&Tensor>,
+    scale: Option<f32>,
+) -> Result<Tensor> {
+    attention_impl(q, k, v, key_mask, scale, true)
+}
+
+fn attention_impl(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: Option<&Tensor>,
+    scale: Option<f32>,
+    causal: bool,
+) -> Result<Tensor> {
     same_device("attention", &[q, k, v])?;
     let dtype = same_dtype("attention", &[q, k, v])?;
     let shape = attn_shape(q, k, v)?;
@@ -70,6 +98,7 @@ pub fn attention(
         v: heads(&pv, &gv),
         mask: mask.as_deref(),
         scale,
+        causal,
     };
     let (o, lse) = kernel::attention_fwd(&args);
     drop((gq, gk, gv));
@@ -84,6 +113,7 @@ pub fn attention(
         lse: Tensor::from_vec(lse, &[shape.b, shape.h, shape.nq]).expect("lse fills [B, H, Nq]"),
         mask,
         scale,
+        causal,
     }))
 }
 
@@ -157,6 +187,7 @@ struct AttentionBackward {
     lse: Tensor, // [B, H, Nq] f32
     mask: Option<Vec<bool>>,
     scale: f32,
+    causal: bool,
 }
 
 impl Backward for AttentionBackward {
@@ -180,6 +211,7 @@ impl Backward for AttentionBackward {
             v: heads(&self.v, &gv),
             mask: self.mask.as_deref(),
             scale: self.scale,
+            causal: self.causal,
         };
         let lse = self.lse.cpu_f32()?;
         let (dq, dk, dv) = kernel::attention_bwd(&args, heads(&po, &go), heads(&pg, &gg), &lse);

@@ -15,6 +15,10 @@
 //! - Key mask: `mask[b·Nk + j] == false` drops key j for every query of batch b
 //!   (its score is −∞). A query whose keys are all masked has l = 0: its output row is
 //!   zeros and its LSE is +∞, which makes the recomputed P exactly 0 in the backward.
+//! - Causal (`causal`): query i sees keys j ≤ i only (top-left aligned, torch SDPA
+//!   `is_causal=True`). Tiles wholly above the diagonal are skipped in both passes;
+//!   tiles crossing it get −∞ scores above it, before the softmax and before the
+//!   recomputation of P, so forward and backward see the same probabilities.
 //! - Block products run on the gemm crate's microkernels, single-threaded inside a
 //!   task; rayon parallelizes over tasks once the work passes `PAR_THRESHOLD`.
 
@@ -125,6 +129,8 @@ pub struct AttnArgs<'a> {
     /// [B, Nk]; true = attend.
     pub mask: Option<&'a [bool]>,
     pub scale: f32,
+    /// Query i attends keys j ≤ i only.
+    pub causal: bool,
 }
 
 impl AttnArgs<'_> {
@@ -154,6 +160,25 @@ impl AttnArgs<'_> {
                 let t = &m[bi * self.shape.nk + j0..bi * self.shape.nk + j0 + bc];
                 t.iter().any(|&a| a).then_some(Some(t))
             }
+        }
+    }
+
+    /// Whether the tile of queries i0..i0+br and keys j0.. has no visible entry
+    /// under the causal mask (every key after every query).
+    fn above_diagonal(&self, i0: usize, br: usize, j0: usize) -> bool {
+        self.causal && j0 >= i0 + br
+    }
+
+    /// Blanks the scores of an S tile [rows × bc] (queries i0.., keys j0..) that the
+    /// causal mask hides to −∞; no-op for non-causal attention.
+    fn apply_causal(&self, s: &mut [f32], bc: usize, i0: usize, j0: usize) {
+        if !self.causal || j0 + bc <= i0 + 1 {
+            return;
+        }
+        for (r, row) in s.chunks_exact_mut(bc).enumerate() {
+            // Keys j0+c > i0+r are hidden: c ≥ i0 + r + 1 − j0.
+            let first = (i0 + r + 1).saturating_sub(j0).min(bc);
+            row[first..].fill(f32::NEG_INFINITY);
         }
     }
 }
@@ -454,6 +479,9 @@ fn fwd_query_block(
     let mut s = vec![0f32; br * BLOCK_K];
     let q = args.q.rows(bi, hi, i0);
     for j0 in (0..nk).step_by(BLOCK_K) {
+        if args.above_diagonal(i0, br, j0) {
+            break;
+        }
         let bc = BLOCK_K.min(nk - j0);
         let Some(mask) = args.tile_mask(bi, j0, bc) else {
             continue;
@@ -464,6 +492,7 @@ fn fwd_query_block(
         if let Some(mask) = mask {
             apply_mask(s, mask);
         }
+        args.apply_causal(s, bc, i0, j0);
         softmax_update(s, bc, &mut m, &mut l, acc, dv);
         let v = args.v.rows(bi, hi, j0);
         gemm_tile(br, dv, bc, acc, dv, tile(s, bc), v, 1.0, true);
@@ -561,6 +590,9 @@ fn bwd_head(
         let dv_j = &mut dv[j0 * dvn..(j0 + bc) * dvn];
         for i0 in (0..nq).step_by(BLOCK_Q) {
             let br = BLOCK_Q.min(nq - i0);
+            if args.above_diagonal(i0, br, j0) {
+                continue;
+            }
             let (p, ds) = (&mut p[..br * bc], &mut ds[..br * bc]);
             let (qi, doi) = (args.q.rows(bi, hi, i0), d_o.rows(bi, hi, i0));
             // P = exp(scale·Q Kᵀ − LSE): the forward's probabilities, recomputed.
@@ -568,6 +600,7 @@ fn bwd_head(
             if let Some(mask) = mask {
                 apply_mask(p, mask);
             }
+            args.apply_causal(p, bc, i0, j0);
             probs(p, bc, &lse[i0..i0 + br]);
             gemm_tile(bc, dvn, br, dv_j, dvn, tile_t(p, bc), doi, 1.0, true);
             // dS = P ⊙ (dO Vᵀ − Dᵢ)
