@@ -1,24 +1,28 @@
 //! `senseflow forward`: one forward pass of a diffusers model folder on inputs named like
 //! the diffusers forward's keyword arguments; writes `sample` to a safetensors file.
+//! transformers folders (DINOv2, CLIP text encoders; no `_class_name` in config.json)
+//! take `pixel_values` or `input_ids` and write their named outputs instead.
 
 use anyhow::Context;
 use senseflow::io;
 use senseflow::models::flux::FluxInputs;
-use senseflow::models::{load_transformer, Transformer};
+use senseflow::models::{clip_text, load_transformer, transformers as hf, vit, Transformer};
 use senseflow::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers model folder (config.json + safetensors weights).
+    /// A diffusers or transformers model folder (config.json + safetensors weights).
     #[arg(long)]
     model: PathBuf,
     /// Inputs: hidden_states, encoder_hidden_states, pooled_projections, timestep
-    /// (FLUX also img_ids, txt_ids and, with guidance embeds, guidance).
+    /// (FLUX also img_ids, txt_ids and, with guidance embeds, guidance); DINOv2:
+    /// pixel_values; CLIP text: input_ids (int64 [B, L]).
     #[arg(long)]
     inputs: PathBuf,
-    /// Output safetensors file; receives `sample`.
+    /// Output safetensors file; receives `sample` (DINOv2 / CLIP text: last_hidden_state,
+    /// pooler_output, hidden_states.N and, when projected, text_embeds).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "cpu")]
@@ -33,6 +37,9 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         senseflow::backend::cuda::require(a.device)?;
     }
     let _g = senseflow::no_grad();
+    if let Some(kind) = transformers_model(&a.model)? {
+        return run_transformers(a, kind);
+    }
     let (model, _) = load_transformer(&a.model, a.dtype, false)?;
     let inputs = io::load(&a.inputs)?;
     let path = a.inputs.display().to_string();
@@ -67,5 +74,96 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     meta.insert("model".to_string(), a.model.display().to_string());
     io::save(&a.out, &[("sample".to_string(), &sample)], Some(meta))?;
     eprintln!("wrote sample {:?} ({}) to {}", sample.shape(), sample.dtype(), a.out.display());
+    Ok(())
+}
+
+/// The transformers-library models `forward` serves.
+enum TransformersModel {
+    Dinov2,
+    ClipText,
+}
+
+/// Which transformers model a folder holds, from `model_type` (or `architectures[0]`);
+/// `None` for diffusers folders (config.json with `_class_name`) and folders without a
+/// config, which the diffusers path reports on.
+fn transformers_model(dir: &Path) -> anyhow::Result<Option<TransformersModel>> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    if config.get("_class_name").is_some() {
+        return Ok(None);
+    }
+    let (mt, arch) = (hf::model_type(&config), hf::architecture(&config));
+    if mt.is_some_and(|m| vit::Config::MODEL_TYPES.contains(&m))
+        || mt.is_none() && arch.is_some_and(|c| vit::Config::CLASSES.contains(&c))
+    {
+        return Ok(Some(TransformersModel::Dinov2));
+    }
+    if mt == Some(clip_text::Config::MODEL_TYPE)
+        || mt.is_none() && arch.is_some_and(|c| clip_text::Config::CLASSES.contains(&c))
+    {
+        return Ok(Some(TransformersModel::ClipText));
+    }
+    anyhow::bail!(
+        "{}: not a supported model (no diffusers _class_name; model_type {mt:?}, architectures[0] {arch:?}; \
+         transformers models served: {}, {})",
+        path.display(),
+        vit::Config::CLASSES.join(", "),
+        clip_text::Config::CLASSES.join(", ")
+    )
+}
+
+fn run_transformers(a: &Args, kind: TransformersModel) -> anyhow::Result<()> {
+    let inputs = io::load(&a.inputs)?;
+    let need = |name: &str, class: &str| -> anyhow::Result<()> {
+        if !inputs.contains(name) {
+            anyhow::bail!("{}: missing input tensor '{name}' (a {class} needs it)", a.inputs.display());
+        }
+        Ok(())
+    };
+    let context = || format!("{}: forward", a.model.display());
+    let mut outputs: Vec<(String, Tensor)> = Vec::new();
+    let hidden_states = match kind {
+        TransformersModel::Dinov2 => {
+            let (model, _) = vit::load(&a.model, a.dtype, false)?;
+            need("pixel_values", model.cfg.variant.class_name())?;
+            let x = inputs.get_as("pixel_values", a.dtype)?;
+            let out = model.forward(&x).with_context(context)?;
+            outputs.push(("last_hidden_state".into(), out.last_hidden_state));
+            outputs.push(("pooler_output".into(), out.pooler_output));
+            out.hidden_states
+        }
+        TransformersModel::ClipText => {
+            let (model, _) = clip_text::load(&a.model, a.dtype, false)?;
+            need("input_ids", model.cfg.class_name())?;
+            let shape = &inputs.meta("input_ids").expect("checked").shape;
+            let &[b, l] = shape.as_slice() else {
+                anyhow::bail!("{}: input_ids has shape {shape:?}, expected [B, L]", a.inputs.display());
+            };
+            let ids = inputs.get_i64("input_ids")?;
+            let out = model.forward(&ids, [b, l]).with_context(context)?;
+            outputs.push(("last_hidden_state".into(), out.last_hidden_state));
+            outputs.push(("pooler_output".into(), out.pooler_output));
+            if let Some(t) = out.text_embeds {
+                outputs.push(("text_embeds".into(), t));
+            }
+            out.hidden_states
+        }
+    };
+    outputs.extend(hidden_states.into_iter().enumerate().map(|(i, h)| (format!("hidden_states.{i}"), h)));
+    let mut meta = HashMap::new();
+    meta.insert("model".to_string(), a.model.display().to_string());
+    let refs: Vec<(String, &Tensor)> = outputs.iter().map(|(k, t)| (k.clone(), t)).collect();
+    io::save(&a.out, &refs, Some(meta))?;
+    eprintln!(
+        "wrote {} ({}) to {}",
+        outputs.iter().map(|(k, t)| format!("{k} {:?}", t.shape())).collect::<Vec<_>>().join(", "),
+        a.dtype,
+        a.out.display()
+    );
     Ok(())
 }
