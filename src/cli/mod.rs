@@ -36,7 +36,7 @@ struct Cli {
 enum Command {
     /// List the tensors of a safetensors file or a diffusers/transformers model folder.
     Inspect(inspect::Args),
-    /// Run one forward pass of a diffusers model folder on a safetensors file of inputs.
+    /// Run one forward pass of a diffusers or transformers (DINOv2, CLIP text) model folder on a safetensors file of inputs.
     Forward(forward::Args),
     /// Time engine kernels and print the results as JSON.
     #[command(subcommand)]
