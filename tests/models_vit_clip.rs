@@ -412,3 +412,85 @@ fn bad_inputs_are_errors() -> Result<()> {
     println!("{e}");
     Ok(())
 }
+
+#[test]
+fn frozen_backbone_passes_input_gradients() -> Result<()> {
+    // The SenseFlow use: DINOv2 frozen, gradients flow through it to the generator's image.
+    senseflow::autograd::clear_tape();
+    let dir = case_dir("dinov2_interp");
+    let (model, store) = vit::load(&dir, DType::F32, false)?;
+    let reference = io::load(dir.join("outputs.safetensors"))?;
+    let x = io::load(dir.join("inputs.safetensors"))?
+        .get_as("pixel_values", DType::F32)?
+        .var();
+    let out = model.forward(&x)?;
+    let n = model.cfg.num_hidden_layers;
+    let mut loss = out
+        .pooler_output
+        .mul(&reference.get_as("grad_out.pooler_output", DType::F32)?)?
+        .sum_all()?;
+    for (name, t) in [
+        ("last_hidden_state", &out.last_hidden_state),
+        (
+            &format!("hidden_states.{}", n - 1),
+            &out.hidden_states[n - 1],
+        ),
+    ] {
+        let g = reference.get_as(&format!("grad_out.{name}"), DType::F32)?;
+        loss = loss.add(&t.mul(&g)?.sum_all()?)?;
+    }
+    let grads = senseflow::backward(&loss)?;
+    let got = grads.get(&x).expect("pixel_values gradient").to_vec_f32()?;
+    let want = reference
+        .get_as("grad.pixel_values", DType::F32)?
+        .to_vec_f32()?;
+    let (e, _) = rel_err(&got, &want, 1e-12);
+    println!("frozen: grad.pixel_values max|err|/scale = {e:.3e}");
+    assert!(e <= BUDGET);
+    for (name, p) in store.named() {
+        assert!(
+            !p.tracks_grad() && grads.get(&p).is_none(),
+            "{name} is frozen"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bf16_compute_follows_f32() -> Result<()> {
+    // bf16 storage (ops compute in f32): outputs within a few bf16 roundings of f32.
+    let dir = case_dir("dinov2_registers_swiglu");
+    let x = io::load(dir.join("inputs.safetensors"))?.get_as("pixel_values", DType::F32)?;
+    let (m32, _) = vit::load(&dir, DType::F32, false)?;
+    let (m16, _) = vit::load(&dir, DType::BF16, false)?;
+    let want = m32.forward(&x)?.last_hidden_state.to_vec_f32()?;
+    let out = m16.forward(&x.to_dtype(DType::BF16)?)?;
+    assert_eq!(out.last_hidden_state.dtype(), DType::BF16);
+    let (e, _) = rel_err(&out.last_hidden_state.to_vec_f32()?, &want, 1e-12);
+    println!("dinov2 bf16 vs f32: {e:.3e}");
+    assert!(e < 5e-2, "{e}");
+    assert!(
+        m16.forward(&x).is_err(),
+        "f32 pixels into a bf16 model are rejected"
+    );
+
+    let dir = case_dir("clip_text_projection_gelu");
+    let inputs = io::load(dir.join("inputs.safetensors"))?;
+    let ids = inputs.get_i64("input_ids")?;
+    let (c32, _) = clip_text::load(&dir, DType::F32, false)?;
+    let (c16, _) = clip_text::load(&dir, DType::BF16, false)?;
+    let want = c32
+        .forward(&ids, [3, 12])?
+        .text_embeds
+        .unwrap()
+        .to_vec_f32()?;
+    let got = c16
+        .forward(&ids, [3, 12])?
+        .text_embeds
+        .unwrap()
+        .to_vec_f32()?;
+    let (e, _) = rel_err(&got, &want, 1e-12);
+    println!("clip bf16 vs f32: {e:.3e}");
+    assert!(e < 5e-2, "{e}");
+    Ok(())
+}

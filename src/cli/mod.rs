@@ -49,7 +49,7 @@ enum Command {
     Sample(sample_eval::SampleArgs),
     /// Measure prompt adherence and FD-T on the demo's fixed prompt set.
     Eval(sample_eval::EvalArgs),
-    /// Run one forward pass of a diffusers model folder on a safetensors file of inputs.
+    /// Run one forward pass of a diffusers or transformers (DINOv2, CLIP text) model folder on a safetensors file of inputs.
     Forward(forward::Args),
     /// Time engine kernels and print the results as JSON.
     #[command(subcommand)]

@@ -470,7 +470,9 @@ pub fn load(
 /// max_length=n, truncation=True)` — BOS, the text's tokens truncated to n − 2, EOS,
 /// then the pad token up to n.
 ///
-/// Loading: `tokenizer.json` when the folder has one; otherwise `vocab.json` +
+/// Loading: `tokenizer.json` when the folder has one (its pipeline as stored;
+/// transformers 5 rebuilds CLIPTokenizer's standard pipeline around the file's vocabulary
+/// and merges, which is the same for CLIP tokenizer.json files); otherwise `vocab.json` +
 /// `merges.txt` (the SD3 tokenizer folders) assembled exactly as transformers'
 /// `CLIPTokenizer` does: NFC → collapse whitespace → lowercase; split on CLIP's regex,
 /// then byte-level (no prefix space, GPT-2 regex); BPE with `</w>` word ends and the
