@@ -11,6 +11,7 @@
 
 mod bench;
 mod data;
+mod distill;
 mod forward;
 mod inspect;
 mod plots;
@@ -41,10 +42,16 @@ struct Cli {
 enum Command {
     /// List the tensors of a safetensors file or a diffusers/transformers model folder.
     Inspect(inspect::Args),
+    /// Distill a teacher into a 4-step generator with SenseFlow (default: the built-in demo).
+    Distill(distill::Args),
+    /// Run the demo distillation with each component removed (paper Table 3 shape).
+    Ablate(distill::AblateArgs),
     /// Train the demo world's teacher and text encoder from scratch (flow matching).
     TrainTeacher(train_teacher::Args),
     /// Train the demo's evaluator (the network `eval` measures with).
     TrainEvaluator(train_aux::EvaluatorArgs),
+    /// Pre-train the demo's DINOv2-architecture backbone (the discriminator's VFM).
+    TrainVit(train_aux::VitArgs),
     /// Sample a PNG grid from a model folder (teacher or distilled generator).
     Sample(sample_eval::SampleArgs),
     /// Measure prompt adherence and FD-T on the demo's fixed prompt set.
@@ -97,10 +104,13 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(a) => inspect::run(&a),
         Command::Forward(a) => forward::run(&a),
+        Command::Distill(a) => distill::run(&a),
+        Command::Ablate(a) => distill::ablate(&a),
         Command::TrainTeacher(a) => train_teacher::run(&a),
         Command::Sample(a) => sample_eval::sample(&a),
         Command::Eval(a) => sample_eval::eval(&a),
         Command::TrainEvaluator(a) => train_aux::evaluator(&a),
+        Command::TrainVit(a) => train_aux::vit(&a),
         Command::Bench(b) => bench::run(&b),
         Command::Data(d) => data::run(&d),
         Command::Selfcheck => selfcheck::run(),

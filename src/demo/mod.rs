@@ -5,7 +5,9 @@
 //! `assets/demo/` with the commands that remake them (assets/demo/README.md).
 
 pub mod eval;
+pub mod backbone;
 pub mod classifier;
+pub mod distill;
 pub mod evaluator;
 pub mod teacher;
 pub mod text;
