@@ -86,10 +86,10 @@ pub fn main() -> ExitCode {
         );
     }));
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        senseflow::backend::cpu::init_threads(n);
-    }
-    match std::panic::catch_unwind(|| run(cli.command)) {
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    senseflow::backend::cpu::init_threads(threads);
+    // The whole command runs on a pool thread (see `run_in_pool`).
+    match std::panic::catch_unwind(|| senseflow::backend::cpu::run_in_pool(|| run(cli.command))) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("error: {}", error_line(&e));

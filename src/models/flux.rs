@@ -156,9 +156,11 @@ impl FluxAttention {
         })
     }
 
+    /// [B, N, D] → [B, N, H, hd], a free view: tokens stay outermost so the per-head
+    /// norms and the text/image concat work on contiguous rows.
     fn heads_of(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n) = (x.shape()[0], x.shape()[1]);
-        x.reshape(&[b, n, self.heads, self.head_dim])?.transpose(1, 2)
+        x.reshape(&[b, n, self.heads, self.head_dim])
     }
 
     /// Joint form: returns (image out, context out); single form: (all tokens, None).
@@ -173,23 +175,30 @@ impl FluxAttention {
             let cq = cp.norm_added_q.forward(&self.heads_of(&cp.add_q_proj.forward(c)?)?)?;
             let ck = cp.norm_added_k.forward(&self.heads_of(&cp.add_k_proj.forward(c)?)?)?;
             let cv = self.heads_of(&cp.add_v_proj.forward(c)?)?;
-            q = ops::concat(&[&cq, &q], 2)?;
-            k = ops::concat(&[&ck, &k], 2)?;
-            v = ops::concat(&[&cv, &v], 2)?;
+            q = ops::concat(&[&cq, &q], 1)?;
+            k = ops::concat(&[&ck, &k], 1)?;
+            v = ops::concat(&[&cv, &v], 1)?;
         }
-        let q = ops::rope(&q, &rope.0, &rope.1)?;
-        let k = ops::rope(&k, &rope.0, &rope.1)?;
-        let o = ops::attention(&q, &k, &v, None, None)?;
-        let o = o.transpose(1, 2)?.reshape(&[b, n + l, self.heads * self.head_dim])?;
+        // RoPE takes [.., N, hd]: it reads the [B, H, N, hd] view and writes it contiguous.
+        let q = ops::rope(&q.transpose(1, 2)?, &rope.0, &rope.1)?;
+        let k = ops::rope(&k.transpose(1, 2)?, &rope.0, &rope.1)?;
+        let o = ops::attention(&q, &k, &v.transpose(1, 2)?, None, None)?;
+        // [B, H, N+L, hd] → per-stream [B, tokens, D]: one copy of each stream's rows.
+        let o = o.transpose(1, 2)?;
+        let d = self.heads * self.head_dim;
         match (&self.context, ctx) {
             (Some(cp), Some(_)) => {
-                let img = self.to_out.as_ref().expect("joint attention has to_out").forward(&o.narrow(1, l, n)?)?;
-                Ok((img, Some(cp.to_add_out.forward(&o.narrow(1, 0, l)?)?)))
+                let img = o.narrow(1, l, n)?.reshape(&[b, n, d])?;
+                let img = self.to_out.as_ref().expect("joint attention has to_out").forward(&img)?;
+                Ok((img, Some(cp.to_add_out.forward(&o.narrow(1, 0, l)?.reshape(&[b, l, d])?)?)))
             }
-            _ => match &self.to_out {
-                Some(p) => Ok((p.forward(&o)?, None)),
-                None => Ok((o, None)),
-            },
+            _ => {
+                let o = o.reshape(&[b, n + l, d])?;
+                match &self.to_out {
+                    Some(p) => Ok((p.forward(&o)?, None)),
+                    None => Ok((o, None)),
+                }
+            }
         }
     }
 }

@@ -292,10 +292,12 @@ impl JointAttention {
         })
     }
 
-    /// [B, N, D] → [B, H, N, hd], then the optional per-head RMS norm.
+    /// [B, N, D] → [B, N, H, hd] (a free view), then the optional per-head RMS norm.
+    /// Tokens stay outermost so the norm and the image/context concat work on
+    /// contiguous rows; attention reads the [B, H, N, hd] transpose in place.
     fn heads_of(&self, x: &Tensor, norm: Option<&RmsNorm>) -> Result<Tensor> {
         let (b, n) = (x.shape()[0], x.shape()[1]);
-        let t = x.reshape(&[b, n, self.heads, self.head_dim])?.transpose(1, 2)?;
+        let t = x.reshape(&[b, n, self.heads, self.head_dim])?;
         match norm {
             Some(nm) => nm.forward(&t),
             None => Ok(t),
@@ -315,18 +317,20 @@ impl JointAttention {
             let cq = self.heads_of(&cp.add_q_proj.forward(c)?, cp.norm_added_q.as_ref())?;
             let ck = self.heads_of(&cp.add_k_proj.forward(c)?, cp.norm_added_k.as_ref())?;
             let cv = self.heads_of(&cp.add_v_proj.forward(c)?, None)?;
-            q = ops::concat(&[&q, &cq], 2)?;
-            k = ops::concat(&[&k, &ck], 2)?;
-            v = ops::concat(&[&v, &cv], 2)?;
+            q = ops::concat(&[&q, &cq], 1)?;
+            k = ops::concat(&[&k, &ck], 1)?;
+            v = ops::concat(&[&v, &cv], 1)?;
         }
-        let o = ops::attention(&q, &k, &v, None, None)?;
-        let o = o.transpose(1, 2)?.reshape(&[b, n + l, self.heads * self.head_dim])?;
+        let o = ops::attention(&q.transpose(1, 2)?, &k.transpose(1, 2)?, &v.transpose(1, 2)?, None, None)?;
+        // [B, H, N+L, hd] → per-stream [B, tokens, D]: one copy of each stream's rows.
+        let o = o.transpose(1, 2)?;
+        let d = self.heads * self.head_dim;
         if l == 0 {
-            return Ok((self.to_out.forward(&o)?, None));
+            return Ok((self.to_out.forward(&o.reshape(&[b, n, d])?)?, None));
         }
-        let img = self.to_out.forward(&o.narrow(1, 0, n)?)?;
+        let img = self.to_out.forward(&o.narrow(1, 0, n)?.reshape(&[b, n, d])?)?;
         let ctx_out = match self.context.as_ref().and_then(|c| c.to_add_out.as_ref()) {
-            Some(p) => Some(p.forward(&o.narrow(1, n, l)?)?),
+            Some(p) => Some(p.forward(&o.narrow(1, n, l)?.reshape(&[b, l, d])?)?),
             None => None,
         };
         Ok((img, ctx_out))

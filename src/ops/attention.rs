@@ -100,6 +100,9 @@ fn attention_impl(
         scale,
         causal,
     };
+    // Q Kᵀ and P V, as torch's flop counter counts SDPA.
+    let pairs = (shape.b * shape.h * shape.nq * shape.nk) as u64;
+    super::counters::add_flops(2 * pairs * (shape.d + shape.dv) as u64);
     let (o, lse) = kernel::attention_fwd(&args);
     drop((gq, gk, gv));
     let out = cpu_out(o, &[shape.b, shape.h, shape.nq, shape.dv], dtype);
@@ -196,6 +199,9 @@ impl Backward for AttentionBackward {
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let s = self.shape;
+        // Recomputed Q Kᵀ, dP = dO Vᵀ, dV = Pᵀ dO, dQ = dS K, dK = dSᵀ Q (torch's count).
+        let pairs = (s.b * s.h * s.nq * s.nk) as u64;
+        super::counters::add_flops(2 * pairs * (3 * s.d + 2 * s.dv) as u64);
         let (po, pg) = (readable(&self.out)?, readable(g)?);
         let (gq, gk, gv, go, gg) = (
             self.q.read_storage(),

@@ -32,13 +32,14 @@ fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out_shape = cpu::binary::broadcast_shape(a.shape(), b.shape())
         .ok_or_else(|| Error::ShapeMismatch { op: name, lhs: a.shape().to_vec(), rhs: b.shape().to_vec() })?;
     let (xa, xb) = (a.cpu_f32()?, b.cpu_f32()?);
-    let f = |x: f32, y: f32| match op {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div => x / y,
+    // One instantiation per op, so the element loop has no branch in it.
+    let (sa, sb, so) = (a.shape(), b.shape(), out_shape.as_slice());
+    let data = match op {
+        BinaryOp::Add => cpu::binary::map_broadcast(&xa, sa, &xb, sb, so, |x, y| x + y),
+        BinaryOp::Sub => cpu::binary::map_broadcast(&xa, sa, &xb, sb, so, |x, y| x - y),
+        BinaryOp::Mul => cpu::binary::map_broadcast(&xa, sa, &xb, sb, so, |x, y| x * y),
+        BinaryOp::Div => cpu::binary::map_broadcast(&xa, sa, &xb, sb, so, |x, y| x / y),
     };
-    let data = cpu::binary::map_broadcast(&xa, a.shape(), &xb, b.shape(), &out_shape, f);
     drop((xa, xb));
     let out = cpu_out(data, &out_shape, dtype);
     let needs_a = matches!(op, BinaryOp::Mul | BinaryOp::Div) && b.tracks_grad();

@@ -25,6 +25,18 @@ fn mat_layout(t: &Tensor) -> Option<(isize, isize, usize, usize)> {
 }
 
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (data, shape, dtype) = product(a, b, None)?;
+    let out = cpu_out(data, &shape, dtype);
+    Ok(record(out, &[a, b], || MatmulBackward {
+        a: b.tracks_grad().then(|| a.detach()),
+        b: a.tracks_grad().then(|| b.detach()),
+        a_shape: a.shape().to_vec(),
+        b_shape: b.shape().to_vec(),
+    }))
+}
+
+/// The values of `a @ b` (+ `bias` on every row), its shape and dtype; not recorded.
+fn product(a: &Tensor, b: &Tensor, bias: Option<&[f32]>) -> Result<(Vec<f32>, Vec<usize>, crate::tensor::DType)> {
     same_device("matmul", &[a, b])?;
     let dtype = same_dtype("matmul", &[a, b])?;
     let mismatch = || Error::ShapeMismatch { op: "matmul", lhs: a.shape().to_vec(), rhs: b.shape().to_vec() };
@@ -69,17 +81,12 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         if ab.is_empty() { 0 } else { abs },
         MatRef { data: sb.as_f32().expect("prepared"), offset: bo, rs: br, cs: bc },
         if bb.is_empty() { 0 } else { bbs },
+        bias,
     );
     drop((ga, gb));
     let mut shape = batch_shape;
     shape.extend([m, n]);
-    let out = cpu_out(data, &shape, dtype);
-    Ok(record(out, &[a, b], || MatmulBackward {
-        a: b.tracks_grad().then(|| a.detach()),
-        b: a.tracks_grad().then(|| b.detach()),
-        a_shape: a.shape().to_vec(),
-        b_shape: b.shape().to_vec(),
-    }))
+    Ok((data, shape, dtype))
 }
 
 struct MatmulBackward {
@@ -122,15 +129,58 @@ impl Backward for MatmulBackward {
     }
 }
 
-/// `x @ wᵀ + bias` with `w` of shape [out, in].
+/// `x @ wᵀ + bias` with `x` [.., in], `w` [out, in] (the PyTorch/diffusers layout) and
+/// `bias` [out]; torch `F.linear(x, w, bias)`. The bias is the GEMM's starting value
+/// (no separate broadcast pass), and the backward is one fused rule.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     if w.dims() != 2 || x.dims() == 0 || x.shape()[x.dims() - 1] != w.shape()[1] {
         return Err(Error::ShapeMismatch { op: "linear", lhs: x.shape().to_vec(), rhs: w.shape().to_vec() });
     }
-    let y = matmul(x, &w.transpose(0, 1)?)?;
-    match bias {
-        Some(b) => y.add(b),
-        None => Ok(y),
+    let Some(b) = bias else { return matmul(x, &w.transpose(0, 1)?) };
+    same_device("linear", &[x, w, b])?;
+    same_dtype("linear", &[x, w, b])?;
+    if b.shape() != [w.shape()[0]] {
+        return Err(Error::ShapeMismatch { op: "linear", lhs: w.shape().to_vec(), rhs: b.shape().to_vec() });
+    }
+    let bv = b.cpu_f32()?;
+    let (data, shape, dtype) = product(x, &w.transpose(0, 1)?, Some(&bv))?;
+    drop(bv);
+    let out = cpu_out(data, &shape, dtype);
+    Ok(record(out, &[x, w, b], || LinearBackward {
+        x: w.tracks_grad().then(|| x.detach()),
+        w: x.tracks_grad().then(|| w.detach()),
+        x_shape: x.shape().to_vec(),
+    }))
+}
+
+struct LinearBackward {
+    /// Saved for dW (only when w tracks its gradient).
+    x: Option<Tensor>,
+    /// Saved for dx (only when x tracks its gradient).
+    w: Option<Tensor>,
+    x_shape: Vec<usize>,
+}
+
+impl Backward for LinearBackward {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    /// dx = g W, dW = Σ_rows gᵀ x, db = Σ_rows g (rows: every leading axis).
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gx = match &self.w {
+            Some(w) => Some(matmul(g, w)?),
+            None => None,
+        };
+        let gw = match &self.x {
+            Some(x) => Some(flat_tn(g, x)?),
+            None => None,
+        };
+        let out = g.shape()[g.dims() - 1];
+        let rows: Vec<isize> = (0..g.dims() as isize - 1).collect();
+        let gb = if rows.is_empty() { g.clone() } else { super::sum(g, &rows, false)? };
+        debug_assert_eq!(gx.as_ref().map_or(&self.x_shape[..], |t| t.shape()), &self.x_shape[..]);
+        debug_assert_eq!(gb.shape(), [out]);
+        Ok(vec![gx, gw, Some(gb)])
     }
 }
 

@@ -34,6 +34,23 @@ fn rows_last(x: &Tensor, ax: &[usize], keepdim: bool) -> Result<(Vec<f32>, usize
     Ok((data, r, shape))
 }
 
+/// Sums over `ax` (r > 0), the reduced length r and the output shape. Leading axes of
+/// contiguous data (bias gradients: Σ over batch and tokens) are summed as columns in
+/// place; anything else goes through `rows_last`. Both accumulate in f64 in the same
+/// order, so the result does not depend on the path.
+fn sums(x: &Tensor, ax: &[usize], keepdim: bool) -> Result<(Vec<f32>, usize, Vec<usize>)> {
+    let leading = !ax.is_empty() && ax.len() < x.dims() && ax.iter().enumerate().all(|(i, &a)| a == i);
+    let r: usize = ax.iter().map(|&d| x.shape()[d]).product();
+    if leading && x.is_contiguous() && r > 0 {
+        let cols: usize = x.shape()[ax.len()..].iter().product();
+        let shape = if keepdim { keep_shape(x.shape(), ax) } else { x.shape()[ax.len()..].to_vec() };
+        return Ok((cpu::reduce::sum_cols(&x.cpu_f32()?, cols), r, shape));
+    }
+    let (data, r, shape) = rows_last(x, ax, keepdim)?;
+    let v = if r == 0 { vec![0.0; shape.iter().product()] } else { cpu::reduce::sum_rows(&data, r) };
+    Ok((v, r, shape))
+}
+
 /// Shape of the output with reduced axes kept as size 1 (for broadcasting back).
 fn keep_shape(in_shape: &[usize], ax: &[usize]) -> Vec<usize> {
     (0..in_shape.len()).map(|d| if ax.contains(&d) { 1 } else { in_shape[d] }).collect()
@@ -42,8 +59,7 @@ fn keep_shape(in_shape: &[usize], ax: &[usize]) -> Vec<usize> {
 pub fn sum(x: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
     same_device("sum", &[x])?;
     let ax = axes(x, dims)?;
-    let (data, r, shape) = rows_last(x, &ax, keepdim)?;
-    let v = if r == 0 { vec![0.0; shape.iter().product()] } else { cpu::reduce::sum_rows(&data, r) };
+    let (v, _, shape) = sums(x, &ax, keepdim)?;
     let out = cpu_out(v, &shape, x.dtype());
     Ok(record(out, &[x], || SumBackward { in_shape: x.shape().to_vec(), keep: keep_shape(x.shape(), &ax), scale: 1.0 }))
 }
@@ -51,10 +67,10 @@ pub fn sum(x: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
 pub fn mean(x: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
     same_device("mean", &[x])?;
     let ax = axes(x, dims)?;
-    let (data, r, shape) = rows_last(x, &ax, keepdim)?;
+    let (v, r, shape) = sums(x, &ax, keepdim)?;
     let inv = 1.0 / r as f32;
     // The mean of nothing is NaN, as in torch.
-    let v = if r == 0 { vec![f32::NAN; shape.iter().product()] } else { cpu::reduce::sum_rows(&data, r).into_iter().map(|s| s * inv).collect() };
+    let v = if r == 0 { vec![f32::NAN; shape.iter().product()] } else { v.into_iter().map(|s| s * inv).collect() };
     let out = cpu_out(v, &shape, x.dtype());
     Ok(record(out, &[x], || SumBackward { in_shape: x.shape().to_vec(), keep: keep_shape(x.shape(), &ax), scale: inv }))
 }

@@ -3,6 +3,7 @@
 use super::{cpu_out, same_device};
 use crate::autograd::{record, Backward};
 use crate::backend::cpu;
+use crate::backend::cpu::fastmath::exp_fast;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -32,9 +33,18 @@ pub enum UnaryOp {
     NanToNum,
 }
 
-#[inline]
+/// σ(x) through the vectorizable `exp_fast` (a few ulp; libm's expf kept the SiLU and
+/// GELU loops scalar).
+#[inline(always)]
 fn sigmoid_f(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_fast(-x))
+}
+
+/// GELU-tanh's inner argument 2·√(2/π)(x + 0.044715x³): 0.5(1 + tanh(u)) = σ(2u), so
+/// gelu_tanh(x) = x·σ(2u) with no cancellation anywhere.
+#[inline(always)]
+fn gelu_tanh_2u(x: f32) -> f32 {
+    2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
 }
 
 impl UnaryOp {
@@ -58,7 +68,7 @@ impl UnaryOp {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn f(self, x: f32) -> f32 {
         match self {
             UnaryOp::Exp => x.exp(),
@@ -69,7 +79,7 @@ impl UnaryOp {
             UnaryOp::Sigmoid => sigmoid_f(x),
             UnaryOp::Silu => x * sigmoid_f(x),
             UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erff(x * INV_SQRT_2)),
-            UnaryOp::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
+            UnaryOp::GeluTanh => x * sigmoid_f(gelu_tanh_2u(x)),
             UnaryOp::QuickGelu => x * sigmoid_f(1.702 * x),
             UnaryOp::Relu => x.max(0.0),
             UnaryOp::LeakyRelu(s) => {
@@ -92,7 +102,7 @@ impl UnaryOp {
     }
 
     /// dy/dx given the input `x` and the output `y = f(x)`.
-    #[inline]
+    #[inline(always)]
     pub fn df(self, x: f32, y: f32) -> f32 {
         match self {
             UnaryOp::Exp => y,
@@ -111,10 +121,11 @@ impl UnaryOp {
                 cdf + x * pdf
             }
             UnaryOp::GeluTanh => {
-                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-                let t = u.tanh();
+                // With s = σ(2u) = 0.5(1 + tanh u): 1 − tanh²u = 4s(1 − s), so
+                // d/dx = s + 0.5·x·(1 − tanh²u)·u' = s + 2x·s(1 − s)·u'.
+                let s = sigmoid_f(gelu_tanh_2u(x));
                 let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+                s + 2.0 * x * s * (1.0 - s) * du
             }
             UnaryOp::QuickGelu => {
                 let s = sigmoid_f(1.702 * x);
@@ -141,9 +152,40 @@ impl UnaryOp {
     }
 }
 
+/// Runs `$body` with `$o` bound to `$op` as a constant, one arm per variant, so each
+/// loop is compiled for one function: closures that use the const capture nothing,
+/// the per-element `match` folds away and the loop vectorizes.
+macro_rules! specialized {
+    ($op:expr, $o:ident => $body:expr) => {
+        match $op {
+            UnaryOp::Exp => { const $o: UnaryOp = UnaryOp::Exp; $body }
+            UnaryOp::Log => { const $o: UnaryOp = UnaryOp::Log; $body }
+            UnaryOp::Sqrt => { const $o: UnaryOp = UnaryOp::Sqrt; $body }
+            UnaryOp::Rsqrt => { const $o: UnaryOp = UnaryOp::Rsqrt; $body }
+            UnaryOp::Tanh => { const $o: UnaryOp = UnaryOp::Tanh; $body }
+            UnaryOp::Sigmoid => { const $o: UnaryOp = UnaryOp::Sigmoid; $body }
+            UnaryOp::Silu => { const $o: UnaryOp = UnaryOp::Silu; $body }
+            UnaryOp::GeluErf => { const $o: UnaryOp = UnaryOp::GeluErf; $body }
+            UnaryOp::GeluTanh => { const $o: UnaryOp = UnaryOp::GeluTanh; $body }
+            UnaryOp::QuickGelu => { const $o: UnaryOp = UnaryOp::QuickGelu; $body }
+            UnaryOp::Relu => { const $o: UnaryOp = UnaryOp::Relu; $body }
+            UnaryOp::Sqr => { const $o: UnaryOp = UnaryOp::Sqr; $body }
+            UnaryOp::Abs => { const $o: UnaryOp = UnaryOp::Abs; $body }
+            UnaryOp::NanToNum => { const $o: UnaryOp = UnaryOp::NanToNum; $body }
+            UnaryOp::LeakyRelu(_) => {
+                #[allow(non_snake_case)]
+                let $o = $op;
+                $body
+            }
+        }
+    };
+}
+
 pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     same_device(op.name(), &[x])?;
-    let y = cpu::unary::map(&x.cpu_f32()?, |v| op.f(v));
+    let xs = x.cpu_f32()?;
+    let y = specialized!(op, OP => cpu::unary::map(&xs, |v| OP.f(v)));
+    drop(xs);
     let out = cpu_out(y, x.shape(), x.dtype());
     let saved_y = out.detach();
     Ok(record(out, &[x], || UnaryBackward { op, x: x.detach(), y: saved_y }))
@@ -162,7 +204,7 @@ impl Backward for UnaryBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let op = self.op;
         let (x, y, gv) = (self.x.cpu_f32()?, self.y.cpu_f32()?, g.cpu_f32()?);
-        let dx = cpu::unary::map3(&x, &y, &gv, |x, y, g| g * op.df(x, y));
+        let dx = specialized!(op, OP => cpu::unary::map3(&x, &y, &gv, |x, y, g| g * OP.df(x, y)));
         Ok(vec![Some(cpu_out(dx, self.x.shape(), g.dtype()))])
     }
 }

@@ -105,10 +105,11 @@ impl CpuStorage {
 
     /// Values at a layout's positions as a contiguous f32 vector.
     pub fn gather_f32(&self, layout: &Layout) -> Vec<f32> {
-        if let (Some(s), true) = (self.as_f32(), layout.is_contiguous()) {
-            return s[layout.offset..layout.offset + layout.numel()].to_vec();
+        match self.as_f32() {
+            Some(s) if layout.is_contiguous() => s[layout.offset..layout.offset + layout.numel()].to_vec(),
+            Some(s) => gather_rows_f32(s, layout),
+            None => layout.offsets().map(|o| self.get_f32(o)).collect(),
         }
-        layout.offsets().map(|o| self.get_f32(o)).collect()
     }
 
     /// Values at a layout's positions, contiguous, same dtype (mapped storage is copied
@@ -192,3 +193,42 @@ impl std::fmt::Debug for CpuStorage {
     }
 }
 
+/// Strided f32 gather one innermost row at a time: a slice copy when the last axis is
+/// contiguous (permuted views such as [B, N, H, D] → [B, H, N, D]), a strided loop
+/// otherwise. The per-element `StridedIter` walk costs several times more.
+fn gather_rows_f32(s: &[f32], layout: &Layout) -> Vec<f32> {
+    let numel = layout.numel();
+    let mut out = Vec::with_capacity(numel);
+    let Some((&n, outer)) = layout.shape.split_last() else {
+        out.push(s[layout.offset]);
+        return out;
+    };
+    if numel == 0 {
+        return out;
+    }
+    let st = *layout.strides.last().expect("same rank as shape");
+    let mut index = vec![0usize; outer.len()];
+    let mut base = layout.offset;
+    loop {
+        if st == 1 {
+            out.extend_from_slice(&s[base..base + n]);
+        } else {
+            out.extend((0..n).map(|j| s[base + j * st]));
+        }
+        // Odometer over the outer axes, last fastest.
+        let mut d = outer.len();
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            index[d] += 1;
+            base += layout.strides[d];
+            if index[d] < outer[d] {
+                break;
+            }
+            base -= layout.strides[d] * outer[d];
+            index[d] = 0;
+        }
+    }
+}

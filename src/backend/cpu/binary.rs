@@ -60,10 +60,16 @@ pub fn map_broadcast(
         }
         (oa, ob)
     };
+    // The innermost axis is contiguous or broadcast in each operand; the slice forms
+    // vectorize, the general strided form does not.
     let fill_row = |r: usize, dst: &mut [f32]| {
         let (oa, ob) = row_offsets(r);
-        for (j, d) in dst.iter_mut().enumerate() {
-            *d = f(a[oa + j * ia], b[ob + j * ib]);
+        let m = dst.len();
+        match (ia, ib) {
+            (1, 1) => dst.iter_mut().zip(a[oa..oa + m].iter().zip(&b[ob..ob + m])).for_each(|(d, (&x, &y))| *d = f(x, y)),
+            (1, 0) => dst.iter_mut().zip(&a[oa..oa + m]).for_each(|(d, &x)| *d = f(x, b[ob])),
+            (0, 1) => dst.iter_mut().zip(&b[ob..ob + m]).for_each(|(d, &y)| *d = f(a[oa], y)),
+            _ => dst.iter_mut().enumerate().for_each(|(j, d)| *d = f(a[oa + j * ia], b[ob + j * ib])),
         }
     };
     let mut out = vec![0f32; n];

@@ -18,6 +18,30 @@ pub fn sum_rows(x: &[f32], r: usize) -> Vec<f32> {
     rows(x, r, |row| row.iter().map(|&v| v as f64).sum::<f64>() as f32)
 }
 
+/// Column sums of `x` viewed as [rows, cols]: out[j] = Σᵢ x[i·cols + j], in f64 and in
+/// row order (the order `sum_rows` uses on the transpose, so the same result), without
+/// transposing. Threads split the columns.
+pub fn sum_cols(x: &[f32], cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 64;
+    let rows = x.len() / cols.max(1);
+    let block = |j0: usize, out: &mut [f32]| {
+        let w = out.len();
+        let mut acc = vec![0f64; w];
+        for i in 0..rows {
+            let row = &x[i * cols + j0..i * cols + j0 + w];
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+        }
+        out.iter_mut().zip(acc).for_each(|(o, a)| *o = a as f32);
+    };
+    let mut out = vec![0f32; cols];
+    if x.len() >= PAR_THRESHOLD && cols > BLOCK {
+        out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, o)| block(b * BLOCK, o));
+    } else {
+        block(0, &mut out);
+    }
+    out
+}
+
 /// Max of each row and the index of its first maximum.
 pub fn max_rows(x: &[f32], r: usize) -> (Vec<f32>, Vec<usize>) {
     let idx: Vec<usize> = if x.len() >= PAR_THRESHOLD {
