@@ -1,5 +1,6 @@
-//! CUDA backend. Without the `cuda` feature every entry reports that the binary was
-//! built without CUDA support; everything else in the engine builds and runs on CPU.
+//! The CUDA backend of a build without the `cuda` feature: every entry reports that the
+//! binary was built without CUDA support; everything else in the engine builds and runs on
+//! the CPU.
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
