@@ -292,3 +292,46 @@ impl CudaDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every launcher's kernel name is a symbol of its family's fatbin (build.rs compiles
+    /// with --no-compress so the ELF string tables are readable), and every fatbin has a
+    /// family: a renamed or missing kernel fails here, without a GPU.
+    #[test]
+    fn every_kernel_name_is_in_its_fatbin() {
+        for &(family, names) in KERNEL_FAMILIES {
+            let (_, image) = kernels::FATBINS
+                .iter()
+                .find(|(stem, _)| *stem == family)
+                .expect("fatbin for family");
+            for name in names {
+                let mut needle = name.as_bytes().to_vec();
+                needle.push(0);
+                assert!(
+                    image.windows(needle.len()).any(|w| w == needle),
+                    "{name} not in kernels/{family}.cu"
+                );
+            }
+        }
+        for (stem, _) in kernels::FATBINS {
+            assert!(
+                KERNEL_FAMILIES.iter().any(|(f, _)| f == stem),
+                "kernels/{stem}.cu has no launcher family"
+            );
+        }
+    }
+
+    /// Without a driver the backend reports itself unavailable and errors instead of panicking.
+    #[test]
+    fn no_driver_is_an_error_not_a_panic() {
+        if is_available() {
+            return;
+        }
+        assert!(device(0).is_err());
+        let t = crate::tensor::Tensor::zeros(&[3]);
+        assert!(t.to_device(crate::tensor::Device::Cuda(0)).is_err());
+    }
+}
