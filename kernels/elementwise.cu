@@ -182,8 +182,8 @@ __device__ __forceinline__ void cast(const sf_cast_params& p) {
     if (aligned16(p.x) && aligned16(p.y)) {
         const int64_t nv = p.n / N;
         for (int64_t v = tid; v < nv; v += stride) {
-            Src in[N];
-            Dst out[N];
+            alignas(16) Src in[N];
+            alignas(16) Dst out[N];
             const uint4* src = reinterpret_cast<const uint4*>(static_cast<const Src*>(p.x) + v * N);
 #pragma unroll
             for (int k = 0; k < int(N * sizeof(Src) / 16); ++k) reinterpret_cast<uint4*>(in)[k] = src[k];
@@ -283,7 +283,7 @@ __device__ __forceinline__ void binary_bwd(const sf_binary_bwd_params& p) {
             bo += coord[d] * p.b_strides[d];
         }
         float acc = 0.f;
-        int64_t k[SF_MAX_DIMS] = {0, 0, 0, 0, 0, 0};
+        int64_t k[SF_MAX_DIMS] = {};
         for (int64_t pos = 0; pos < positions; ++pos) {
             acc += binary_grad(p.op, which, load<T>(p.dout, go), load<T>(p.a, ao), load<T>(p.b, bo));
             // Odometer over the broadcast dims, innermost first.

@@ -281,21 +281,31 @@ pub fn attn_fwd(
     let bh = (shape.batch * shape.heads) as u32;
     if imp == AttnImpl::TensorCore {
         let d = shape.head_dim;
-        dev.launch(
-            tc_name("fwd", d),
-            (shape.q_len.div_ceil(TC_BLOCK_M) as u32, bh, 1),
-            SF_ATTN_TC_THREADS,
-            tc_smem("fwd", d),
-            &p,
-        )?;
+        // SAFETY: q, k, v, o were bounds-checked through their [B, H, N, D] strides and lse holds B
+        // * H * Nq f32 (check_in / check_out / lse.check); tensor-core eligibility (bf16, d in {64,
+        // 128}, 16-byte rows) was established by `choose`; the shared memory size matches the
+        // kernel's tile layout.
+        unsafe {
+            dev.launch(
+                tc_name("fwd", d),
+                (shape.q_len.div_ceil(TC_BLOCK_M) as u32, bh, 1),
+                SF_ATTN_TC_THREADS,
+                tc_smem("fwd", d),
+                &p,
+            )
+        }?;
     } else {
-        dev.launch(
-            simt_name("fwd", dt),
-            (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
-            (SIMT_WARPS * 32) as u32,
-            0,
-            &p,
-        )?;
+        // SAFETY: as above; the SIMT kernels read head_dim <= SF_ATTN_SIMT_MAX_D elements per row
+        // (`choose`).
+        unsafe {
+            dev.launch(
+                simt_name("fwd", dt),
+                (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
+                (SIMT_WARPS * 32) as u32,
+                0,
+                &p,
+            )
+        }?;
     }
     Ok(imp)
 }
@@ -377,45 +387,62 @@ pub fn attn_bwd(
     } else {
         "attn_bwd_preprocess_bf16"
     };
-    dev.launch(
-        pre,
-        (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
-        simt_block,
-        0,
-        &p,
-    )?;
-    if imp == AttnImpl::TensorCore {
-        let d = shape.head_dim;
-        let t = SF_ATTN_TC_THREADS;
+    // SAFETY: every operand was bounds-checked through its strides, lse holds B * H * Nq f32 and
+    // delta (this function's scratch) as many; the mask span was checked by mask_parts.
+    unsafe {
         dev.launch(
-            tc_name("dq", d),
-            (shape.q_len.div_ceil(TC_BLOCK_M) as u32, bh, 1),
-            t,
-            tc_smem("dq", d),
-            &p,
-        )?;
-        dev.launch(
-            tc_name("dkdv", d),
-            (shape.kv_len.div_ceil(TC_BLOCK_N) as u32, bh, 1),
-            t,
-            tc_smem("dkdv", d),
-            &p,
-        )?;
-    } else {
-        dev.launch(
-            simt_name("dq", dt),
+            pre,
             (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
             simt_block,
             0,
             &p,
-        )?;
-        dev.launch(
-            simt_name("dkdv", dt),
-            (shape.kv_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
-            simt_block,
-            0,
-            &p,
-        )?;
+        )
+    }?;
+    if imp == AttnImpl::TensorCore {
+        let d = shape.head_dim;
+        let t = SF_ATTN_TC_THREADS;
+        // SAFETY: as for the preprocess launch; tensor-core eligibility was established by
+        // `choose`, and the shared memory size matches the dq kernel's tile layout.
+        unsafe {
+            dev.launch(
+                tc_name("dq", d),
+                (shape.q_len.div_ceil(TC_BLOCK_M) as u32, bh, 1),
+                t,
+                tc_smem("dq", d),
+                &p,
+            )
+        }?;
+        // SAFETY: as above, for the dK/dV pass and its tile layout.
+        unsafe {
+            dev.launch(
+                tc_name("dkdv", d),
+                (shape.kv_len.div_ceil(TC_BLOCK_N) as u32, bh, 1),
+                t,
+                tc_smem("dkdv", d),
+                &p,
+            )
+        }?;
+    } else {
+        // SAFETY: as for the preprocess launch; head_dim <= SF_ATTN_SIMT_MAX_D (`choose`).
+        unsafe {
+            dev.launch(
+                simt_name("dq", dt),
+                (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
+                simt_block,
+                0,
+                &p,
+            )
+        }?;
+        // SAFETY: as above.
+        unsafe {
+            dev.launch(
+                simt_name("dkdv", dt),
+                (shape.kv_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
+                simt_block,
+                0,
+                &p,
+            )
+        }?;
     }
     Ok(imp)
 }

@@ -115,13 +115,17 @@ pub fn im2col(
         x_strides: [s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64],
         g: raw,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x was span-checked through its layout against the geometry's [B, C, H, W], col holds
+    // B * C * KH * KW * OH * OW elements of x's dtype; padding reads are skipped by the kernel.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// dx [B, C, H, W] (contiguous) from dcol: the backward of [`im2col`].
@@ -142,11 +146,14 @@ pub fn col2im(
         dx: dx.out_ptr(0),
         g: raw,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: col holds the geometry's col_len and dx B * C * H * W elements, both of one dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }

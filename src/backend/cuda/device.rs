@@ -246,7 +246,15 @@ impl CudaDevice {
     }
 
     /// Launches kernel `name` with `params` as its only argument.
-    pub(crate) fn launch<P: DeviceRepr>(
+    ///
+    /// # Safety
+    ///
+    /// `params` must be the parameter struct kernel `name` takes (from params.h), and every
+    /// device pointer in it must point into live device memory large enough for every element
+    /// the kernel touches with that grid (callers check this against their storages). Memory
+    /// may be released right after the call: blocks are only reused by later work on the
+    /// same stream.
+    pub(crate) unsafe fn launch<P: DeviceRepr>(
         &self,
         name: &'static str,
         grid: (u32, u32, u32),
@@ -284,10 +292,9 @@ impl CudaDevice {
         };
         let mut builder = self.stream.launch_builder(&k.func);
         builder.arg(params);
-        // SAFETY: `params` is the #[repr(C)] struct the kernel takes by value (the launcher
-        // for `name` builds it from params.h) and every device pointer in it was bounds-checked
-        // against its storage by that launcher; the storage outlives the queued kernel because
-        // blocks are only reused by work queued later on this same stream.
+        // SAFETY: the caller guarantees `params` matches the kernel and its pointers cover
+        // every access (this function's contract); `params` itself is copied by the driver
+        // during the call.
         unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launch {name}: {e:?}")))?;
         Ok(())
     }

@@ -63,17 +63,20 @@ pub fn unary_fwd(
         op: op as i32,
         alpha,
     };
-    dev.launch(
-        name,
-        (
-            dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
-            1,
-            1,
-        ),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x and y hold n elements of one dtype (same_len); the kernel touches [0, n) of each.
+    unsafe {
+        dev.launch(
+            name,
+            (
+                dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
+                1,
+                1,
+            ),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// dx = dy * f'(x).
@@ -97,17 +100,20 @@ pub fn unary_bwd(
         op: op as i32,
         alpha,
     };
-    dev.launch(
-        name,
-        (
-            dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
-            1,
-            1,
-        ),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x, dy and dx hold n elements of one dtype (same_len); the kernel touches [0, n).
+    unsafe {
+        dev.launch(
+            name,
+            (
+                dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
+                1,
+                1,
+            ),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// y = x * scale + shift (one fma). The backward is `affine(dy, scale, 0)`.
@@ -128,17 +134,20 @@ pub fn affine(
         scale,
         shift,
     };
-    dev.launch(
-        name,
-        (
-            dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
-            1,
-            1,
-        ),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x and y hold n elements of one dtype (same_len).
+    unsafe {
+        dev.launch(
+            name,
+            (
+                dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
+                1,
+                1,
+            ),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// y = x converted to y's dtype (f32 <-> bf16, round to nearest even).
@@ -160,13 +169,16 @@ pub fn cast(dev: &CudaDevice, x: &CudaStorage, y: &mut CudaStorage) -> Result<()
         y: y.out_ptr(0),
         n: n as i64,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n, THREADS as usize * 8), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x and y hold n elements each, of the dtypes the kernel name says.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n, THREADS as usize * 8), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// Right-aligned NumPy broadcast of two shapes.
@@ -288,7 +300,9 @@ pub fn binary_fwd(
     } else {
         THREADS as usize
     };
-    dev.launch(name, (dev.grid_for(n, per), 1, 1), THREADS, 0, &p)
+    // SAFETY: a and b were span-checked through their broadcast layouts (`plan`) and out holds the
+    // broadcast shape's n elements; rank <= SF_MAX_DIMS.
+    unsafe { dev.launch(name, (dev.grid_for(n, per), 1, 1), THREADS, 0, &p) }
 }
 
 /// Gradients of `a op b` given `dout` (contiguous, broadcast shape): `da` has a's shape and
@@ -333,11 +347,15 @@ pub fn binary_bwd(
         a_strides: bc.a.1,
         b_strides: bc.b.1,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(na.max(nb), THREADS as usize), 2, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: a, b span-checked by `plan`; dout holds the broadcast shape, da and db (when given)
+    // their operand's element count, all of one dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(na.max(nb), THREADS as usize), 2, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }

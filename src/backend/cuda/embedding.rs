@@ -39,13 +39,17 @@ pub fn embedding_fwd(
         vocab: i32::try_from(vocab).map_err(|_| Error::op(OP, "vocab exceeds i32"))?,
         dim: dim as i32,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(ids.len() * dim, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: table holds vocab * dim and out ids.len() * dim elements of one dtype; ids outside
+    // the vocabulary read as zeros in the kernel.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(ids.len() * dim, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// dtable[id] (+)= sum of dout[i] over the positions i with ids[i] == id. Rows of ids that do
@@ -100,7 +104,9 @@ pub fn embedding_bwd(
         dim: dim as i32,
         accumulate: accumulate as i32,
     };
-    dev.launch(name, (dev.grid_for(unique.len(), 1), 1, 1), THREADS, 0, &p)
+    // SAFETY: ids were validated against the vocabulary and the CSR arrays built from them index
+    // only positions < ids.len(); dout holds ids.len() * dim and dtable vocab * dim elements.
+    unsafe { dev.launch(name, (dev.grid_for(unique.len(), 1), 1, 1), THREADS, 0, &p) }
 }
 
 /// diffusers `Timesteps` / `get_timestep_embedding` settings (SD3 and FLUX: flip true, shift
@@ -136,11 +142,14 @@ pub fn timestep_embedding(
         scale: cfg.scale,
         max_period: cfg.max_period,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(b * cfg.dim, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: t holds B f32 timesteps and out B * dim elements.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(b * cfg.dim, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }

@@ -125,7 +125,9 @@ pub fn loss_fwd(
         c: loss.c(),
         sign: loss.sign(),
     };
-    dev.launch(name, (dev.grid_for(pv.rows, 1), 1, 1), THREADS, 0, &p)
+    // SAFETY: pred (and target) were span-checked as [rows, cols] views (target_ptr), loss holds
+    // rows f32.
+    unsafe { dev.launch(name, (dev.grid_for(pv.rows, 1), 1, 1), THREADS, 0, &p) }
 }
 
 /// dpred = dloss[r] / cols * dl/dp, dtarget = -dpred (both contiguous [rows, cols]).
@@ -174,11 +176,15 @@ pub fn loss_bwd(
         c: loss.c(),
         sign: loss.sign(),
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: pred / target span-checked as in the forward; dloss holds rows f32; dpred and dtarget
+    // (when given) hold rows * cols elements of pred's dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }

@@ -101,13 +101,17 @@ fn colsum(
         dim: dim as i32,
         accumulate: accumulate as i32,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(groups * dim, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: partial holds groups * chunks * dim f32 (its callers allocate exactly that) and the
+    // gradient view was span-checked for [groups, dim].
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(groups * dim, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 // ---- layer_norm / rms_norm ------------------------------------------------------------------
@@ -149,7 +153,9 @@ fn norm_fwd(
         dim: dim_i32(op, view.cols)?,
         eps,
     };
-    dev.launch(name, (dev.grid_for(view.rows, 1), 1, 1), THREADS, 0, &p)
+    // SAFETY: x was span-checked as a [rows, dim] view, y holds rows * dim, mean / rstd rows f32
+    // and the weight / bias (when given) dim elements of x's dtype.
+    unsafe { dev.launch(name, (dev.grid_for(view.rows, 1), 1, 1), THREADS, 0, &p) }
 }
 
 /// layer_norm over the last axis: y = (x - mean) * rstd * weight + bias (biased variance, as
@@ -257,7 +263,10 @@ fn norm_bwd(
         dim: dim_i32(op, dim)?,
     };
     let smem = nparams * dim as u32 * 4;
-    dev.launch(name, (blocks as u32, 1, 1), THREADS, smem, &p)?;
+    // SAFETY: x span-checked, dy / dx hold rows * dim, stats rows f32, partials blocks * dim f32
+    // (the grid has `blocks` blocks); the shared memory holds nparams * dim floats, as the kernel
+    // expects.
+    unsafe { dev.launch(name, (blocks as u32, 1, 1), THREADS, smem, &p) }?;
     let whole = PerBatch {
         offset: 0,
         batch_stride: dim,
@@ -380,7 +389,9 @@ pub fn layer_norm_modulate_fwd(
         dim: dim_i32(OP, xv.dim)?,
         eps,
     };
-    dev.launch(name, (dev.grid_for(rows, 1), 1, 1), THREADS, 0, &p)
+    // SAFETY: x span-checked as [B, N, D], shift / scale as [B, D] views of x's dtype, y holds B *
+    // N * D, mean / rstd B * N f32.
+    unsafe { dev.launch(name, (dev.grid_for(rows, 1), 1, 1), THREADS, 0, &p) }
 }
 
 /// Backward of [`layer_norm_modulate_fwd`]: dx [B, N, D], dshift and dscale [B, D].
@@ -428,13 +439,17 @@ pub fn layer_norm_modulate_bwd(
         tokens: tokens as i32,
         dim: dim_i32(OP, dim)?,
     };
-    dev.launch(
-        name,
-        (chunks as u32, batch as u32, 1),
-        THREADS,
-        2 * dim as u32 * 4,
-        &p,
-    )?;
+    // SAFETY: x, scale span-checked; dy / dx hold B * N * D; stats B * N f32; both partials
+    // B * chunks * D f32 for the (chunks, B) grid; shared memory holds 2 * D floats.
+    unsafe {
+        dev.launch(
+            name,
+            (chunks as u32, batch as u32, 1),
+            THREADS,
+            2 * dim as u32 * 4,
+            &p,
+        )
+    }?;
     colsum(
         dev,
         &p_shift,
@@ -520,13 +535,17 @@ pub fn group_norm_fwd(
         groups: shape.groups as i32,
         eps,
     };
-    dev.launch(
-        name,
-        (shape.groups as u32, shape.batch as u32, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x and y hold B * C * S elements, mean / rstd B * G f32, weight / bias C elements;
+    // channels split evenly into groups (shape.check).
+    unsafe {
+        dev.launch(
+            name,
+            (shape.groups as u32, shape.batch as u32, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// group_norm backward: dx and, when asked, dweight / dbias [C].
@@ -576,7 +595,8 @@ pub fn group_norm_bwd(
         channels: c as i32,
         groups: shape.groups as i32,
     };
-    dev.launch(name, (shape.groups as u32, b as u32, 1), THREADS, 0, &p)?;
+    // SAFETY: x, dy, dx hold B * C * S elements; stats B * G f32; partials (when asked) B * C f32.
+    unsafe { dev.launch(name, (shape.groups as u32, b as u32, 1), THREADS, 0, &p) }?;
     let whole = PerBatch {
         offset: 0,
         batch_stride: c,
@@ -643,13 +663,16 @@ pub fn gated_residual_fwd(
         tokens: xv.tokens as i32,
         dim: dim_i32(OP, xv.dim)?,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x and y span-checked as [B, N, D], gate as [B, D], out holds B * N * D, one dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// Backward of [`gated_residual_fwd`]: dx is dout itself (no kernel), dy = dout * gate,
@@ -688,7 +711,9 @@ pub fn gated_residual_bwd(
         tokens: tokens as i32,
         dim: dim_i32(OP, dim)?,
     };
-    dev.launch(name, (chunks as u32, batch as u32, 1), THREADS, 0, &p)?;
+    // SAFETY: y span-checked as [B, N, D], gate as [B, D]; dout / dy hold B * N * D; the partial
+    // holds B * chunks * D f32 for the (chunks, B) grid.
+    unsafe { dev.launch(name, (chunks as u32, batch as u32, 1), THREADS, 0, &p) }?;
     colsum(
         dev,
         &partial,

@@ -148,7 +148,9 @@ pub fn adamw_step(
         bias_correction1: (1.0 - f64::from(cfg.beta1).powf(step)) as f32,
         bias_correction2: (1.0 - f64::from(cfg.beta2).powf(step)) as f32,
     };
-    dev.launch(name, (total, 1, 1), THREADS, 0, &p)
+    // SAFETY: every table entry's tensors were checked to hold n elements of the kernel's dtypes,
+    // the table and chunk_starts are live device copies, and the grid is the total chunk count.
+    unsafe { dev.launch(name, (total, 1, 1), THREADS, 0, &p) }
 }
 
 /// Global L2 norm of all gradients (any mix of f32 and bf16) into `norm` (f32 [1]) and the
@@ -218,7 +220,9 @@ pub fn grad_norm_clip(
             partial: partial.out_ptr().wrapping_add(at as usize), // at + total <= count
             num_tensors: v.len() as i32,
         };
-        dev.launch(name, (grid(OP, *total)?, 1, 1), THREADS, 0, &p)?;
+        // SAFETY: each table entry points at a whole gradient storage of the kernel's dtype; this
+        // group writes partial[at, at + total) and the buffer holds `count` >= at + total floats.
+        unsafe { dev.launch(name, (grid(OP, *total)?, 1, 1), THREADS, 0, &p) }?;
         at += total;
     }
     if count == 0 {
@@ -231,7 +235,8 @@ pub fn grad_norm_clip(
         norm: norm.out_ptr(0) as *mut f32,
         scale: scale.out_ptr(0) as *mut f32,
     };
-    dev.launch("clip_scale_f32", (1, 1, 1), THREADS, 0, &p)
+    // SAFETY: partial holds `count` floats (at least 1); norm and scale hold one f32 each.
+    unsafe { dev.launch("clip_scale_f32", (1, 1, 1), THREADS, 0, &p) }
 }
 
 /// One IDA pair: the fake score's parameter (fp32 master, optional bf16 copy) and the
@@ -298,5 +303,7 @@ pub fn ida_blend(dev: &CudaDevice, pairs: &mut [BlendPair], lambda: f32) -> Resu
         num_tensors: pairs.len() as i32,
         lambda,
     };
-    dev.launch(name, (total, 1, 1), THREADS, 0, &p)
+    // SAFETY: every pair was checked to hold n f32 (and n elements in its copy); the grid is the
+    // total chunk count of the uploaded table.
+    unsafe { dev.launch(name, (total, 1, 1), THREADS, 0, &p) }
 }

@@ -59,13 +59,17 @@ pub fn reduce_fwd(
         row_stride: view.row_stride as i64,
         op: op as i32,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x was span-checked as a [rows, cols] view, out holds rows elements of its dtype and
+    // argmax (max only) at least rows entries.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// dx [rows, cols] (contiguous) from dout [rows]: broadcast (sum), / cols (mean), or routed
@@ -100,11 +104,14 @@ pub fn reduce_bwd(
         cols: cols as i64,
         op: op as i32,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(rows * cols, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: dout holds rows and dx rows * cols elements of one dtype; argmax (max) at least rows.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(rows * cols, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }

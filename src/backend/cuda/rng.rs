@@ -72,13 +72,16 @@ pub fn fill(
         mean,
         std_dev,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n.div_ceil(4), THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )?;
+    // SAFETY: the kernel writes elements [0, n) of `out`, which holds n elements of its dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n.div_ceil(4), THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }?;
     rng.offset = rng.offset.wrapping_add(n.div_ceil(4) as u64);
     Ok(())
 }

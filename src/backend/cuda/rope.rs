@@ -91,11 +91,15 @@ pub fn rope(
         tokens: shape.tokens as i32,
         dim: shape.dim as i32,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n / 2, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x was span-checked through its [B, H, N, D] strides, cos / sin as f32 [B, N, D / 2]
+    // tables, out holds B * H * N * D elements of x's dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n / 2, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }

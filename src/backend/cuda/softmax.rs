@@ -33,13 +33,17 @@ pub fn softmax_fwd(
         cols: view.cols as i64,
         x_row_stride: view.row_stride as i64,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x was span-checked as a [rows, cols] view and y holds rows * cols elements of its
+    // dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// dx = y * (dy - sum(dy * y)); all contiguous [rows, cols].
@@ -63,11 +67,14 @@ pub fn softmax_bwd(
         rows: rows as i64,
         cols: cols as i64,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(rows, ROWS_PER_BLOCK), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: y, dy and dx hold rows * cols elements of one dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(rows, ROWS_PER_BLOCK), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }

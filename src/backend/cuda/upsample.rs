@@ -53,13 +53,16 @@ pub fn upsample_nearest_fwd(
         scale_h: i32_of(OP, scale.0)?,
         scale_w: i32_of(OP, scale.1)?,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: x was span-checked through its 4-d layout and y holds the upsampled element count.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
 
 /// dx [B, C, H, W] = block sums of dy [B, C, H * sh, W * sw] (both contiguous).
@@ -86,11 +89,14 @@ pub fn upsample_nearest_bwd(
         scale_h: i32_of(OP, scale.0)?,
         scale_w: i32_of(OP, scale.1)?,
     };
-    dev.launch(
-        name,
-        (dev.grid_for(n, THREADS as usize), 1, 1),
-        THREADS,
-        0,
-        &p,
-    )
+    // SAFETY: dy holds the upsampled and dx the input element count, of one dtype.
+    unsafe {
+        dev.launch(
+            name,
+            (dev.grid_for(n, THREADS as usize), 1, 1),
+            THREADS,
+            0,
+            &p,
+        )
+    }
 }
