@@ -21,6 +21,8 @@ namespace sf {
 using bf16 = __nv_bfloat16;
 
 constexpr int kWarp = 32;
+static_assert(SF_BLOCK_THREADS % kWarp == 0 && SF_BLOCK_THREADS <= 1024,
+              "the generic kernels' block reductions need whole warps");
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
