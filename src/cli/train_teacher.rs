@@ -60,7 +60,8 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let pick = |prefix: &str| -> Vec<(String, Tensor)> {
         run.ema.iter().filter_map(|(n, t)| n.strip_prefix(prefix).map(|k| (k.to_string(), t.clone()))).collect()
     };
-    demo::export_teacher(&out.join("teacher"), &demo::teacher_config(), &pick("transformer."), DType::F32)?;
+    // Shipped in f16 (half the size; the loader computes in f32 from the stored values).
+    demo::export_teacher(&out.join("teacher"), &demo::teacher_config(), &pick("transformer."), DType::F16)?;
     demo::save_text_encoder(&out.join("text_encoder"), &text, &pick("text_encoder."))?;
     super::plots::loss_curve(&dir, "loss", "train-teacher flow-matching loss")?;
     eprintln!("exported EMA teacher and text encoder to {}", out.display());
