@@ -44,7 +44,7 @@ pub struct ModelArgs {
     device: senseflow::Device,
     #[arg(long, default_value = "f32")]
     dtype: senseflow::DType,
-    /// Timed runs after one warm-up (the median is reported).
+    /// Timed runs after one warm-up (the median and the best are reported).
     #[arg(long, default_value_t = 5, value_parser = positive())]
     repeats: usize,
 }
