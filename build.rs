@@ -35,29 +35,16 @@ mod cuda {
     /// ncu at no runtime cost; no `--use_fast_math` (the RNG contract forbids it, see
     /// kernels/include/philox.cuh); `--no-compress` keeps kernel names readable in the
     /// fatbin, which a CPU-only test uses to check that every launcher's kernel exists.
-    const COMMON_FLAGS: &[&str] = &[
-        "--fatbin",
-        "-std=c++17",
-        "-O3",
-        "-lineinfo",
-        "--no-compress",
-        "-Xptxas=-warn-spills",
-    ];
+    const COMMON_FLAGS: &[&str] =
+        &["--fatbin", "-std=c++17", "-O3", "-lineinfo", "--no-compress", "-Xptxas=-warn-spills"];
 
     pub fn build() {
-        let root =
-            PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+        let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
         let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
         let kernels = root.join("kernels");
         let include = kernels.join("include");
 
-        for var in [
-            "NVCC",
-            "CUDA_HOME",
-            "CUDA_PATH",
-            "SENSEFLOW_CUDA_ARCHS",
-            "SENSEFLOW_NVCC_FLAGS",
-        ] {
+        for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "SENSEFLOW_CUDA_ARCHS", "SENSEFLOW_NVCC_FLAGS"] {
             println!("cargo:rerun-if-env-changed={var}");
         }
         // A directory is rescanned for any change, so new files are picked up too.
@@ -86,11 +73,7 @@ mod cuda {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
             .map(|e| e.expect("directory entry").path())
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| exts.contains(&e))
-            })
+            .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)))
             .collect();
         v.sort();
         v
@@ -156,25 +139,13 @@ mod cuda {
                 }
             })
             .collect();
-        assert!(
-            !flags.is_empty(),
-            "SENSEFLOW_CUDA_ARCHS='{archs}' names no architecture"
-        );
+        assert!(!flags.is_empty(), "SENSEFLOW_CUDA_ARCHS='{archs}' names no architecture");
         flags
     }
 
     /// Compiles every source, a few at a time (nvcc is single threaded).
-    fn compile_all(
-        nvcc: &Path,
-        sources: &[PathBuf],
-        include: &Path,
-        out: &Path,
-        gencode: &[String],
-        extra: &[String],
-    ) {
-        let jobs = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(sources.len().max(1));
+    fn compile_all(nvcc: &Path, sources: &[PathBuf], include: &Path, out: &Path, gencode: &[String], extra: &[String]) {
+        let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).min(sources.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failures = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -183,23 +154,14 @@ mod cuda {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(src) = sources.get(i) else { break };
                     if let Err(msg) = compile_one(nvcc, src, include, out, gencode, extra) {
-                        failures
-                            .lock()
-                            .expect("no panics while holding the lock")
-                            .push(msg);
+                        failures.lock().expect("no panics while holding the lock").push(msg);
                     }
                 });
             }
         });
-        let failures = failures
-            .into_inner()
-            .expect("no panics while holding the lock");
+        let failures = failures.into_inner().expect("no panics while holding the lock");
         if !failures.is_empty() {
-            panic!(
-                "\n\nnvcc failed on {} kernel file(s):\n\n{}",
-                failures.len(),
-                failures.join("\n\n")
-            );
+            panic!("\n\nnvcc failed on {} kernel file(s):\n\n{}", failures.len(), failures.join("\n\n"));
         }
     }
 
@@ -211,24 +173,12 @@ mod cuda {
         gencode: &[String],
         extra: &[String],
     ) -> Result<(), String> {
-        let stem = src
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .expect("kernel file names are UTF-8");
+        let stem = src.file_stem().and_then(|s| s.to_str()).expect("kernel file names are UTF-8");
         let dst = out.join(format!("{stem}.fatbin"));
         let mut cmd = Command::new(nvcc);
-        cmd.args(COMMON_FLAGS)
-            .arg("-I")
-            .arg(include)
-            .args(gencode)
-            .args(extra)
-            .arg("-o")
-            .arg(&dst)
-            .arg(src);
+        cmd.args(COMMON_FLAGS).arg("-I").arg(include).args(gencode).args(extra).arg("-o").arg(&dst).arg(src);
         let line = format!("{cmd:?}").replace('"', "");
-        let output = cmd
-            .output()
-            .map_err(|e| format!("could not run {line}\n{e}"))?;
+        let output = cmd.output().map_err(|e| format!("could not run {line}\n{e}"))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
             return Err(format!(
@@ -245,22 +195,12 @@ mod cuda {
     }
 
     fn write_kernels_rs(sources: &[PathBuf], out: &Path) {
-        let mut s = String::from(
-            "// Generated by build.rs: one fatbin per kernels/*.cu, named by file stem.\n",
-        );
+        let mut s = String::from("// Generated by build.rs: one fatbin per kernels/*.cu, named by file stem.\n");
         s.push_str("pub const FATBINS: &[(&str, &[u8])] = &[\n");
         for src in sources {
-            let stem = src
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .expect("kernel file names are UTF-8");
+            let stem = src.file_stem().and_then(|s| s.to_str()).expect("kernel file names are UTF-8");
             let path = out.join(format!("{stem}.fatbin"));
-            writeln!(
-                s,
-                "    ({stem:?}, include_bytes!({:?})),",
-                path.display().to_string()
-            )
-            .expect("write to String");
+            writeln!(s, "    ({stem:?}, include_bytes!({:?})),", path.display().to_string()).expect("write to String");
         }
         s.push_str("];\n");
         std::fs::write(out.join("kernels.rs"), s).expect("write kernels.rs");
@@ -289,8 +229,6 @@ mod cuda {
                     header.display()
                 )
             });
-        bindings
-            .write_to_file(out.join("params.rs"))
-            .expect("write params.rs");
+        bindings.write_to_file(out.join("params.rs")).expect("write params.rs");
     }
 }

@@ -15,29 +15,19 @@
 //! removes that: 2 threads then ran 1.4–2× faster than 1 instead of slower.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use senseflow::backend::cpu::attention::{
-    attention_bwd, attention_fwd, AttnArgs, AttnShape, HeadsRef,
-};
+use senseflow::backend::cpu::attention::{attention_bwd, attention_fwd, AttnArgs, AttnShape, HeadsRef};
 use senseflow::rng::Philox;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-const SHAPES: [(usize, usize, usize, usize); 3] =
-    [(8, 4, 80, 32), (8, 4, 272, 32), (2, 4, 1024, 64)];
+const SHAPES: [(usize, usize, usize, usize); 3] = [(8, 4, 80, 32), (8, 4, 272, 32), (2, 4, 1024, 64)];
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");
     for (b, h, n, d) in SHAPES {
         let mut rng = Philox::new(7);
         let [q, k, v, g] = [(); 4].map(|_| rng.normal_vec(b * h * n * d));
-        let shape = AttnShape {
-            b,
-            h,
-            nq: n,
-            nk: n,
-            d,
-            dv: d,
-        };
+        let shape = AttnShape { b, h, nq: n, nk: n, d, dv: d };
         let args = AttnArgs {
             shape,
             q: HeadsRef::contiguous(&q, h, n, d),
@@ -77,10 +67,7 @@ fn bench(c: &mut Criterion) {
             if iters > 0 {
                 let secs = total.as_secs_f64() / iters as f64;
                 let gflops = flops as f64 / secs / 1e9;
-                println!(
-                    "attention {kind} {label}: {:.3} ms/iter, {gflops:.1} GFLOP/s",
-                    secs * 1e3
-                );
+                println!("attention {kind} {label}: {:.3} ms/iter, {gflops:.1} GFLOP/s", secs * 1e3);
             }
         }
     }

@@ -36,71 +36,26 @@ impl Case {
         if self.batch == 1 {
             format!("{}/{}x{}x{}", self.name, self.m, self.k, self.n)
         } else {
-            format!(
-                "{}/{}x[{}x{}x{}]",
-                self.name, self.batch, self.m, self.k, self.n
-            )
+            format!("{}/{}x[{}x{}x{}]", self.name, self.batch, self.m, self.k, self.n)
         }
     }
 }
 
 const MATMUL: [Case; 4] = [
     // Demo model (8 images): patch tokens × hidden 128 → MLP 512.
-    Case {
-        name: "tokens_mlp",
-        batch: 1,
-        m: 8 * 80,
-        n: 512,
-        k: 128,
-    },
+    Case { name: "tokens_mlp", batch: 1, m: 8 * 80, n: 512, k: 128 },
     // Demo model with text tokens (8 × 272 tokens), hidden 192 → 768.
-    Case {
-        name: "joint_mlp",
-        batch: 1,
-        m: 8 * 272,
-        n: 768,
-        k: 192,
-    },
+    Case { name: "joint_mlp", batch: 1, m: 8 * 272, n: 768, k: 192 },
     // Attention scores per head: [heads·batch, tokens, head_dim] @ [.., head_dim, tokens].
-    Case {
-        name: "attn_scores",
-        batch: 32,
-        m: 80,
-        n: 80,
-        k: 32,
-    },
-    Case {
-        name: "square",
-        batch: 1,
-        m: 512,
-        n: 512,
-        k: 512,
-    },
+    Case { name: "attn_scores", batch: 32, m: 80, n: 80, k: 32 },
+    Case { name: "square", batch: 1, m: 512, n: 512, k: 512 },
 ];
 
 /// `linear` cases as (m, in, out): x [m, in], W [out, in], bias [out].
 const LINEAR: [Case; 3] = [
-    Case {
-        name: "tokens_mlp",
-        batch: 1,
-        m: 8 * 80,
-        n: 512,
-        k: 128,
-    },
-    Case {
-        name: "joint_mlp",
-        batch: 1,
-        m: 8 * 272,
-        n: 768,
-        k: 192,
-    },
-    Case {
-        name: "square",
-        batch: 1,
-        m: 512,
-        n: 512,
-        k: 512,
-    },
+    Case { name: "tokens_mlp", batch: 1, m: 8 * 80, n: 512, k: 128 },
+    Case { name: "joint_mlp", batch: 1, m: 8 * 272, n: 768, k: 192 },
+    Case { name: "square", batch: 1, m: 512, n: 512, k: 512 },
 ];
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -135,11 +90,7 @@ fn run_case(
     // Criterion calls the routine once per measurement sample after its warm-up calls.
     let mut s = s.split_off(s.len().saturating_sub(SAMPLES));
     s.sort_by(f64::total_cmp);
-    let median = if s.len() % 2 == 1 {
-        s[s.len() / 2]
-    } else {
-        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
-    };
+    let median = if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
     println!(
         "GFLOP/s {:<40} {:>8.2} GFLOP/s  median {:.3} ms  ({} threads)",
         format!("{op}/{}", case.id()),
@@ -156,10 +107,7 @@ fn bench_matmul(c: &mut Criterion) {
         let (sa, sb) = if case.batch == 1 {
             (vec![case.m, case.k], vec![case.k, case.n])
         } else {
-            (
-                vec![case.batch, case.m, case.k],
-                vec![case.batch, case.k, case.n],
-            )
+            (vec![case.batch, case.m, case.k], vec![case.batch, case.k, case.n])
         };
         let (a, b) = (randn(&sa, 1), randn(&sb, 2));
         run_case(&mut group, "matmul", case, || ops::matmul(&a, &b));
@@ -171,14 +119,8 @@ fn bench_linear(c: &mut Criterion) {
     let _g = senseflow::no_grad();
     let mut group = c.benchmark_group("linear");
     for case in &LINEAR {
-        let (x, w, bias) = (
-            randn(&[case.m, case.k], 3),
-            randn(&[case.n, case.k], 4),
-            randn(&[case.n], 5),
-        );
-        run_case(&mut group, "linear", case, || {
-            ops::linear(&x, &w, Some(&bias))
-        });
+        let (x, w, bias) = (randn(&[case.m, case.k], 3), randn(&[case.n, case.k], 4), randn(&[case.n], 5));
+        run_case(&mut group, "linear", case, || ops::linear(&x, &w, Some(&bias)));
     }
     group.finish();
 }

@@ -6,25 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op}: shape mismatch: {lhs:?} vs {rhs:?}")]
-    ShapeMismatch {
-        op: &'static str,
-        lhs: Vec<usize>,
-        rhs: Vec<usize>,
-    },
+    ShapeMismatch { op: &'static str, lhs: Vec<usize>, rhs: Vec<usize> },
     #[error("{op}: {msg}")]
     Op { op: &'static str, msg: String },
     #[error("{op}: dtype {got} not supported here (expected {expected})")]
-    DType {
-        op: &'static str,
-        got: crate::tensor::DType,
-        expected: &'static str,
-    },
+    DType { op: &'static str, got: crate::tensor::DType, expected: &'static str },
     #[error("{op}: tensors on different devices ({lhs} and {rhs})")]
-    DeviceMismatch {
-        op: &'static str,
-        lhs: crate::tensor::Device,
-        rhs: crate::tensor::Device,
-    },
+    DeviceMismatch { op: &'static str, lhs: crate::tensor::Device, rhs: crate::tensor::Device },
     #[error("built without CUDA support (rebuild with --features cuda)")]
     NoCuda,
     #[error("cuda: {0}")]
@@ -40,19 +28,9 @@ pub enum Error {
     #[error("{}: missing tensor '{key}'", path.display())]
     MissingKey { path: PathBuf, key: String },
     #[error("{}: tensor '{key}' has shape {got:?}, expected {expected:?}", path.display())]
-    KeyShape {
-        path: PathBuf,
-        key: String,
-        got: Vec<usize>,
-        expected: Vec<usize>,
-    },
+    KeyShape { path: PathBuf, key: String, got: Vec<usize>, expected: Vec<usize> },
     #[error("{}: tensor '{key}' has dtype {got}, expected {expected}", path.display())]
-    KeyDType {
-        path: PathBuf,
-        key: String,
-        got: String,
-        expected: &'static str,
-    },
+    KeyDType { path: PathBuf, key: String, got: String, expected: &'static str },
     #[error("{0}")]
     Msg(String),
 }

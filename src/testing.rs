@@ -15,7 +15,10 @@ use std::path::Path;
 pub fn rel_err(got: &[f32], want: &[f32], floor: f32) -> (f32, f32) {
     assert_eq!(got.len(), want.len(), "length mismatch");
     let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(want).fold(0f32, |m, (a, b)| if (a - b).is_nan() { f32::INFINITY } else { m.max((a - b).abs()) });
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| if (a - b).is_nan() { f32::INFINITY } else { m.max((a - b).abs()) });
     (err / scale, scale)
 }
 
@@ -75,7 +78,11 @@ impl GradCheck {
                 None => vec![0.0; x.numel()],
             };
             if analytic.len() != x.numel() {
-                return Err(Error::Msg(format!("{name}: gradient of input {i} has {} values, input has {}", analytic.len(), x.numel())));
+                return Err(Error::Msg(format!(
+                    "{name}: gradient of input {i} has {} values, input has {}",
+                    analytic.len(),
+                    x.numel()
+                )));
             }
             let base = x.to_vec_f32()?;
             let n = base.len();
@@ -116,7 +123,8 @@ impl Fixture {
     pub fn load(path: impl AsRef<Path>) -> Result<Fixture> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, e.to_string()))?;
         let params = meta
             .metadata()
             .as_ref()
@@ -129,13 +137,20 @@ impl Fixture {
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let data: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                safetensors::Dtype::F32 => {
+                    view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
                 safetensors::Dtype::I64 => view
                     .data()
                     .chunks_exact(8)
                     .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
                     .collect(),
-                d => return Err(Error::format(path, format!("fixture tensor '{name}' has dtype {d:?}; fixtures are f32 or i64"))),
+                d => {
+                    return Err(Error::format(
+                        path,
+                        format!("fixture tensor '{name}' has dtype {d:?}; fixtures are f32 or i64"),
+                    ))
+                }
             };
             tensors.insert(name.to_string(), Tensor::from_vec(data, view.shape())?);
         }
@@ -161,7 +176,9 @@ impl Fixture {
     }
 
     pub fn param_bool(&self, key: &str) -> Result<bool> {
-        self.params[key].as_bool().ok_or_else(|| Error::format(&self.path, format!("params.{key} missing or not a bool")))
+        self.params[key]
+            .as_bool()
+            .ok_or_else(|| Error::format(&self.path, format!("params.{key} missing or not a bool")))
     }
 
     /// Runs `f` on the named inputs (as tracked leaves), compares its output with

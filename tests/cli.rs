@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn senseflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_senseflow"))
-        .args(args)
-        .output()
-        .expect("running the senseflow binary")
+    Command::new(env!("CARGO_BIN_EXE_senseflow")).args(args).output().expect("running the senseflow binary")
 }
 
 fn text(b: &[u8]) -> String {
@@ -30,14 +27,8 @@ fn assert_one_line_error(out: &Output, path: &Path) -> String {
     assert_eq!(out.status.code(), Some(1), "exit code; stderr: {err}");
     assert_eq!(err.lines().count(), 1, "stderr is not one line: {err}");
     assert!(err.starts_with("error: "), "{err}");
-    assert!(
-        err.contains(&path.display().to_string()),
-        "error does not name the file: {err}"
-    );
-    assert!(
-        !err.contains("panicked") && !err.contains("internal error"),
-        "{err}"
-    );
+    assert!(err.contains(&path.display().to_string()), "error does not name the file: {err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
     err
 }
 
@@ -61,11 +52,8 @@ fn inspect_prints_summary_and_table() {
     let w = Tensor::randn(&[6, 4], &mut rng);
     let b = Tensor::randn(&[6], &mut rng).to_dtype(DType::BF16).unwrap();
     let e = Tensor::randn(&[10, 3], &mut rng);
-    let tensors = vec![
-        ("proj.weight".to_string(), &w),
-        ("proj.bias".to_string(), &b),
-        ("embed.weight".to_string(), &e),
-    ];
+    let tensors =
+        vec![("proj.weight".to_string(), &w), ("proj.bias".to_string(), &b), ("embed.weight".to_string(), &e)];
     io::save(&path, &tensors, None).unwrap();
 
     let out = senseflow(&["inspect", path.to_str().unwrap()]);
@@ -74,34 +62,14 @@ fn inspect_prints_summary_and_table() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(s.contains("tensors     3"), "{s}");
     assert!(s.contains("parameters  60 (60)"), "{s}");
-    assert!(
-        s.contains("dtypes      BF16: 1 tensor, 6 params; F32: 2 tensors, 54 params"),
-        "{s}"
-    );
-    assert!(
-        s.lines()
-            .any(|l| l.starts_with("proj.weight") && l.contains("F32") && l.ends_with("[6, 4]")),
-        "{s}"
-    );
+    assert!(s.contains("dtypes      BF16: 1 tensor, 6 params; F32: 2 tensors, 54 params"), "{s}");
+    assert!(s.lines().any(|l| l.starts_with("proj.weight") && l.contains("F32") && l.ends_with("[6, 4]")), "{s}");
 
-    let out = senseflow(&[
-        "inspect",
-        path.to_str().unwrap(),
-        "--filter",
-        "proj",
-        "--limit",
-        "1",
-    ]);
+    let out = senseflow(&["inspect", path.to_str().unwrap(), "--filter", "proj", "--limit", "1"]);
     let s = text(&out.stdout);
     assert!(out.status.success());
-    assert!(
-        !s.contains("embed.weight") && s.contains("proj.bias") && !s.contains("proj.weight"),
-        "{s}"
-    );
-    assert!(
-        s.contains("(1 of 2 matching tensors shown; 3 in total)"),
-        "{s}"
-    );
+    assert!(!s.contains("embed.weight") && s.contains("proj.bias") && !s.contains("proj.weight"), "{s}");
+    assert!(s.contains("(1 of 2 matching tensors shown; 3 in total)"), "{s}");
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -149,19 +117,11 @@ fn bench_matmul_prints_one_json_object() {
     let v: serde_json::Value = serde_json::from_str(&s).expect("valid JSON");
     assert_eq!(v["bench"], "matmul");
     assert_eq!(
-        (
-            v["m"].as_u64(),
-            v["n"].as_u64(),
-            v["k"].as_u64(),
-            v["batch"].as_u64()
-        ),
+        (v["m"].as_u64(), v["n"].as_u64(), v["k"].as_u64(), v["batch"].as_u64()),
         (Some(24), Some(20), Some(16), Some(3))
     );
     assert_eq!(v["threads"], 1);
-    assert!(
-        v["median_ms"].as_f64().unwrap() > 0.0 && v["gflops"].as_f64().unwrap() > 0.0,
-        "{s}"
-    );
+    assert!(v["median_ms"].as_f64().unwrap() > 0.0 && v["gflops"].as_f64().unwrap() > 0.0, "{s}");
 }
 
 #[test]
@@ -169,12 +129,7 @@ fn inspect_model_folder_shows_the_config_class() {
     let dir = temp_path("folder");
     std::fs::create_dir_all(&dir).unwrap();
     let w = Tensor::randn(&[3, 2], &mut Philox::new(2));
-    io::save(
-        dir.join("diffusion_pytorch_model.safetensors"),
-        &[("w".to_string(), &w)],
-        None,
-    )
-    .unwrap();
+    io::save(dir.join("diffusion_pytorch_model.safetensors"), &[("w".to_string(), &w)], None).unwrap();
     let config = serde_json::json!({"_class_name": "SD3Transformer2DModel"});
     io::atomic_write_json(dir.join("config.json"), &config).unwrap();
     let out = senseflow(&["inspect", dir.to_str().unwrap()]);
@@ -183,9 +138,6 @@ fn inspect_model_folder_shows_the_config_class() {
     println!("{s}");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(s.contains("class       SD3Transformer2DModel"), "{s}");
-    assert!(
-        s.contains("files       1 (diffusion_pytorch_model.safetensors)"),
-        "{s}"
-    );
+    assert!(s.contains("files       1 (diffusion_pytorch_model.safetensors)"), "{s}");
     assert!(s.contains("parameters  6 (6)"), "{s}");
 }

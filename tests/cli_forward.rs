@@ -15,11 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const BUDGET: f32 = 1e-4;
 
 fn case_dir(case: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/models"
-    ))
-    .join(case)
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models")).join(case)
 }
 
 /// A fresh directory under the system temp dir, removed (with its contents) on drop.
@@ -29,10 +25,7 @@ impl TempDir {
     fn new(tag: &str) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "senseflow-cli-forward-{}-{n}-{tag}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("senseflow-cli-forward-{}-{n}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("creating a temp dir");
         TempDir(dir)
     }
@@ -51,10 +44,7 @@ impl Drop for TempDir {
 }
 
 fn senseflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_senseflow"))
-        .args(args)
-        .output()
-        .expect("running the senseflow binary")
+    Command::new(env!("CARGO_BIN_EXE_senseflow")).args(args).output().expect("running the senseflow binary")
 }
 
 fn forward(model: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -83,18 +73,11 @@ fn assert_fails(out: &Output, out_file: &Path, needles: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(1), "exit code; stderr: {err}");
     assert_eq!(err.lines().count(), 1, "stderr is not one line: {err}");
     assert!(err.starts_with("error: "), "{err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("internal error"),
-        "{err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
     for n in needles {
         assert!(err.contains(n), "error does not mention '{n}': {err}");
     }
-    assert!(
-        !out_file.exists(),
-        "a failed run wrote {}",
-        out_file.display()
-    );
+    assert!(!out_file.exists(), "a failed run wrote {}", out_file.display());
     err
 }
 
@@ -112,8 +95,7 @@ fn copy_case(case: &str, tmp: &TempDir, edit: impl FnOnce(&mut serde_json::Value
         }
     }
     let cfg_path = dst.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     edit(&mut cfg);
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     dst
@@ -122,11 +104,8 @@ fn copy_case(case: &str, tmp: &TempDir, edit: impl FnOnce(&mut serde_json::Value
 /// The case's inputs with `name` left out (`None`) or replaced.
 fn write_inputs(case: &str, path: &Path, name: &str, replace: Option<Tensor>) {
     let src = io::load(case_dir(case).join("inputs.safetensors")).unwrap();
-    let mut tensors: Vec<(String, Tensor)> = src
-        .names()
-        .filter(|n| *n != name)
-        .map(|n| (n.to_string(), src.get(n).unwrap()))
-        .collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        src.names().filter(|n| *n != name).map(|n| (n.to_string(), src.get(n).unwrap())).collect();
     if let Some(t) = replace {
         tensors.push((name.to_string(), t));
     }
@@ -141,24 +120,11 @@ fn check_forward_matches_diffusers(case: &str) {
     let out = forward(&dir, &dir.join("inputs.safetensors"), &out_file, &[]);
     assert!(out.status.success(), "{case}: {}", text(&out.stderr));
     let got = io::load(&out_file).unwrap().get("sample").unwrap();
-    let want = io::load(dir.join("outputs.safetensors"))
-        .unwrap()
-        .get("sample")
-        .unwrap();
+    let want = io::load(dir.join("outputs.safetensors")).unwrap().get("sample").unwrap();
     assert_eq!(got.shape(), want.shape(), "{case}: sample shape");
-    let (e, scale) = rel_err(
-        &got.to_vec_f32().unwrap(),
-        &want.to_vec_f32().unwrap(),
-        1e-12,
-    );
-    println!(
-        "{case}: sample {:?} max|err|/scale = {e:.3e} (scale {scale:.3e})",
-        got.shape()
-    );
-    assert!(
-        e <= BUDGET,
-        "{case}: sample differs from diffusers: {e:.3e} > {BUDGET:.0e}"
-    );
+    let (e, scale) = rel_err(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), 1e-12);
+    println!("{case}: sample {:?} max|err|/scale = {e:.3e} (scale {scale:.3e})", got.shape());
+    assert!(e <= BUDGET, "{case}: sample differs from diffusers: {e:.3e} > {BUDGET:.0e}");
 }
 
 #[test]
@@ -178,22 +144,12 @@ fn wrong_model_class_is_one_line() {
         c["_class_name"] = "UNet2DConditionModel".into();
     });
     let out_file = tmp.join("out.safetensors");
-    let out = forward(
-        &model,
-        &case_dir("sd3_basic").join("inputs.safetensors"),
-        &out_file,
-        &[],
-    );
+    let out = forward(&model, &case_dir("sd3_basic").join("inputs.safetensors"), &out_file, &[]);
     let cfg = model.join("config.json");
     assert_fails(
         &out,
         &out_file,
-        &[
-            cfg.to_str().unwrap(),
-            "_class_name",
-            "UNet2DConditionModel",
-            "SD3Transformer2DModel",
-        ],
+        &[cfg.to_str().unwrap(), "_class_name", "UNet2DConditionModel", "SD3Transformer2DModel"],
     );
 }
 
@@ -221,18 +177,11 @@ fn config_not_matching_weights_lists_the_keys() {
     assert!(!err.contains("unexpected"), "{err}");
     // A wider pooled projection: the same keys, one of them mis-shaped.
     std::fs::remove_dir_all(&model).unwrap();
-    let model = copy_case("sd3_basic", &tmp, |c| {
-        c["pooled_projection_dim"] = 21.into()
-    });
+    let model = copy_case("sd3_basic", &tmp, |c| c["pooled_projection_dim"] = 21.into());
     let err = assert_fails(
         &forward(&model, &inputs, &out_file, &[]),
         &out_file,
-        &[
-            "wrong shape",
-            "time_text_embed.text_embedder.linear_1.weight",
-            "[32, 20]",
-            "[32, 21]",
-        ],
+        &["wrong shape", "time_text_embed.text_embedder.linear_1.weight", "[32, 20]", "[32, 21]"],
     );
     assert!(!err.contains("missing"), "{err}");
     // Fewer single blocks (FLUX): the checkpoint's extra block is unexpected.
@@ -241,11 +190,7 @@ fn config_not_matching_weights_lists_the_keys() {
     assert_fails(
         &forward(&model, &inputs, &out_file, &[]),
         &out_file,
-        &[
-            model.to_str().unwrap(),
-            "unexpected",
-            "single_transformer_blocks.1.",
-        ],
+        &[model.to_str().unwrap(), "unexpected", "single_transformer_blocks.1."],
     );
     // A different head split of the same width (FLUX): the per-head norms change shape.
     let model = copy_case("flux_guidance", &tmp, |c| {
@@ -256,11 +201,7 @@ fn config_not_matching_weights_lists_the_keys() {
     assert_fails(
         &forward(&model, &inputs, &out_file, &[]),
         &out_file,
-        &[
-            model.to_str().unwrap(),
-            "wrong shape",
-            "norm_q.weight [16] (expected [8])",
-        ],
+        &[model.to_str().unwrap(), "wrong shape", "norm_q.weight [16] (expected [8])"],
     );
 }
 
@@ -271,11 +212,7 @@ fn missing_input_tensor_is_one_line() {
     let out_file = tmp.join("out.safetensors");
     write_inputs("sd3_basic", &inputs, "timestep", None);
     let out = forward(&case_dir("sd3_basic"), &inputs, &out_file, &[]);
-    assert_fails(
-        &out,
-        &out_file,
-        &[inputs.to_str().unwrap(), "timestep", "missing"],
-    );
+    assert_fails(&out, &out_file, &[inputs.to_str().unwrap(), "timestep", "missing"]);
     // FLUX with guidance embeddings needs `guidance`.
     write_inputs("flux_guidance", &inputs, "guidance", None);
     let out = forward(&case_dir("flux_guidance"), &inputs, &out_file, &[]);
@@ -288,31 +225,13 @@ fn mis_shaped_input_is_one_line() {
     let inputs = tmp.join("inputs.safetensors");
     let out_file = tmp.join("out.safetensors");
     // sd3_basic has in_channels 4; give it 3.
-    write_inputs(
-        "sd3_basic",
-        &inputs,
-        "hidden_states",
-        Some(Tensor::zeros(&[2, 3, 8, 8])),
-    );
+    write_inputs("sd3_basic", &inputs, "hidden_states", Some(Tensor::zeros(&[2, 3, 8, 8])));
     let out = forward(&case_dir("sd3_basic"), &inputs, &out_file, &[]);
-    assert_fails(
-        &out,
-        &out_file,
-        &["hidden_states", "[2, 3, 8, 8]", "[B, 4, H, W]"],
-    );
+    assert_fails(&out, &out_file, &["hidden_states", "[2, 3, 8, 8]", "[B, 4, H, W]"]);
     // flux_guidance has in_channels 16; give it 12.
-    write_inputs(
-        "flux_guidance",
-        &inputs,
-        "hidden_states",
-        Some(Tensor::zeros(&[2, 24, 12])),
-    );
+    write_inputs("flux_guidance", &inputs, "hidden_states", Some(Tensor::zeros(&[2, 24, 12])));
     let out = forward(&case_dir("flux_guidance"), &inputs, &out_file, &[]);
-    assert_fails(
-        &out,
-        &out_file,
-        &["hidden_states", "[2, 24, 12]", "[B, N, 16]"],
-    );
+    assert_fails(&out, &out_file, &["hidden_states", "[2, 24, 12]", "[B, N, 16]"]);
 }
 
 #[test]
@@ -323,12 +242,7 @@ fn cuda_device_on_a_cpu_build_is_one_line() {
     let tmp = TempDir::new("cuda");
     let dir = case_dir("sd3_basic");
     let out_file = tmp.join("out.safetensors");
-    let out = forward(
-        &dir,
-        &dir.join("inputs.safetensors"),
-        &out_file,
-        &["--device", "cuda"],
-    );
+    let out = forward(&dir, &dir.join("inputs.safetensors"), &out_file, &["--device", "cuda"]);
     assert_fails(&out, &out_file, &["built without CUDA support"]);
 }
 
@@ -337,16 +251,7 @@ fn nonexistent_model_dir_is_one_line() {
     let tmp = TempDir::new("nodir");
     let model = tmp.join("no-such-model");
     let out_file = tmp.join("out.safetensors");
-    let out = forward(
-        &model,
-        &case_dir("sd3_basic").join("inputs.safetensors"),
-        &out_file,
-        &[],
-    );
-    assert_fails(
-        &out,
-        &out_file,
-        &[model.to_str().unwrap(), "no such directory"],
-    );
+    let out = forward(&model, &case_dir("sd3_basic").join("inputs.safetensors"), &out_file, &[]);
+    assert_fails(&out, &out_file, &[model.to_str().unwrap(), "no such directory"]);
     assert!(tmp.path().exists());
 }

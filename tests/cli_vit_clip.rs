@@ -9,18 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn senseflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_senseflow"))
-        .args(args)
-        .output()
-        .expect("running the senseflow binary")
+    Command::new(env!("CARGO_BIN_EXE_senseflow")).args(args).output().expect("running the senseflow binary")
 }
 
 fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/models"
-    ))
-    .join(case)
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models")).join(case)
 }
 
 fn temp_path(name: &str) -> PathBuf {
@@ -56,10 +49,7 @@ fn forward_matches_reference(case: &str, expected: &[&str]) {
         assert!(names.contains(name), "{case}: no '{name}' in {names:?}");
     }
     for name in &names {
-        let (g, w) = (
-            got.get_as(name, DType::F32).unwrap(),
-            want.get_as(name, DType::F32).unwrap(),
-        );
+        let (g, w) = (got.get_as(name, DType::F32).unwrap(), want.get_as(name, DType::F32).unwrap());
         assert_eq!(g.shape(), w.shape(), "{case}: {name}");
         let (e, _) = rel_err(&g.to_vec_f32().unwrap(), &w.to_vec_f32().unwrap(), 1e-12);
         println!("{case}: {name} max|err|/scale = {e:.3e}");
@@ -72,12 +62,7 @@ fn forward_matches_reference(case: &str, expected: &[&str]) {
 fn forward_dinov2_with_registers() {
     forward_matches_reference(
         "dinov2_registers_swiglu",
-        &[
-            "last_hidden_state",
-            "pooler_output",
-            "hidden_states.0",
-            "hidden_states.2",
-        ],
+        &["last_hidden_state", "pooler_output", "hidden_states.0", "hidden_states.2"],
     );
 }
 
@@ -85,13 +70,7 @@ fn forward_dinov2_with_registers() {
 fn forward_clip_text_with_projection() {
     forward_matches_reference(
         "clip_text_projection_gelu",
-        &[
-            "last_hidden_state",
-            "pooler_output",
-            "text_embeds",
-            "hidden_states.0",
-            "hidden_states.2",
-        ],
+        &["last_hidden_state", "pooler_output", "text_embeds", "hidden_states.0", "hidden_states.2"],
     );
 }
 
@@ -101,10 +80,7 @@ fn assert_error(out: &Output, path: &Path, what: &str) {
     println!("{err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("error: ") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains(what), "{err}");
 }
@@ -115,31 +91,17 @@ fn forward_bad_inputs_are_one_line_errors() {
     // A CLIP folder given DINOv2's inputs: no input_ids.
     let vit_inputs = fixture("dinov2_native_nobias").join("inputs.safetensors");
     let run = forward(&fixture("clip_text_quick_gelu"), &vit_inputs, &out);
-    assert_error(
-        &run,
-        &vit_inputs,
-        "missing input tensor 'input_ids' (a CLIPTextModel needs it)",
-    );
+    assert_error(&run, &vit_inputs, "missing input tensor 'input_ids' (a CLIPTextModel needs it)");
 
     // Token ids stored as floats.
     let ids = temp_path("float_ids.safetensors");
-    io::save(
-        &ids,
-        &[("input_ids".to_string(), &Tensor::zeros(&[1, 4]))],
-        None,
-    )
-    .unwrap();
+    io::save(&ids, &[("input_ids".to_string(), &Tensor::zeros(&[1, 4]))], None).unwrap();
     let run = forward(&fixture("clip_text_quick_gelu"), &ids, &out);
     assert_error(&run, &ids, "input_ids");
 
     // pixel_values with the wrong channel count.
     let px = temp_path("pixels.safetensors");
-    io::save(
-        &px,
-        &[("pixel_values".to_string(), &Tensor::zeros(&[1, 4, 42, 42]))],
-        None,
-    )
-    .unwrap();
+    io::save(&px, &[("pixel_values".to_string(), &Tensor::zeros(&[1, 4, 42, 42]))], None).unwrap();
     let model = fixture("dinov2_native_nobias");
     let run = forward(&model, &px, &out);
     assert_error(&run, &model, "pixel_values has shape [1, 4, 42, 42]");
@@ -147,11 +109,7 @@ fn forward_bad_inputs_are_one_line_errors() {
     // A transformers folder of a model forward does not serve.
     let dir = temp_path("bert");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        r#"{"model_type": "bert", "architectures": ["BertModel"]}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "bert", "architectures": ["BertModel"]}"#).unwrap();
     let run = forward(&dir, &px, &out);
     assert_error(&run, &dir, "model_type Some(\"bert\")");
 

@@ -28,9 +28,7 @@ use senseflow::backend::cuda::reduce::{self, ReduceOp};
 use senseflow::backend::cuda::rng::{self, Distribution};
 use senseflow::backend::cuda::rope::{self, RopeShape, RopeTables};
 use senseflow::backend::cuda::views::{Heads, PerBatch, Rows, Tokens};
-use senseflow::backend::cuda::{
-    self as cuda, softmax, upsample, CudaDevice, CudaStorage, DeviceVec,
-};
+use senseflow::backend::cuda::{self as cuda, softmax, upsample, CudaDevice, CudaStorage, DeviceVec};
 use senseflow::ops::UnaryOp;
 use senseflow::rng::Philox;
 use senseflow::tensor::{DType, Device, Layout, Tensor};
@@ -107,10 +105,7 @@ fn max_err(got: &[f32], want: &[f64]) -> f64 {
 
 /// The rule from the module doc; `factor` is 2 for outputs, 3 for gradients.
 fn check(name: &str, dt: DType, got: &[f32], naive: &[f32], reference: &[f64], factor: f64) {
-    let scale = reference
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs()))
-        .max(1e-30);
+    let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
     let err = max_err(got, reference);
     let base = max_err(naive, reference);
     let budget = factor * base + f64::from(dt.epsilon()) * scale;
@@ -118,10 +113,7 @@ fn check(name: &str, dt: DType, got: &[f32], naive: &[f32], reference: &[f64], f
         "{name:<44} {dt:>4}: err {err:.3e}  naive {base:.3e}  budget {budget:.3e}  ({:.0}% of budget, scale {scale:.2e})",
         100.0 * err / budget
     );
-    assert!(
-        err <= budget,
-        "{name} ({dt}): error {err:.3e} exceeds {budget:.3e}"
-    );
+    assert!(err <= budget, "{name} ({dt}): error {err:.3e} exceeds {budget:.3e}");
 }
 
 /// Arithmetic for references written once and run in f32 (naive) and f64 (reference).
@@ -190,10 +182,7 @@ fn copies_round_trip_and_steady_state_allocates_nothing() {
         // A non-contiguous view comes back gathered.
         let tv = senseflow::ops::transpose(&on, 0, 2).unwrap();
         let back = tv.to_device(Device::Cpu).unwrap().to_vec_f32().unwrap();
-        let want = senseflow::ops::transpose(&t, 0, 2)
-            .unwrap()
-            .to_vec_f32()
-            .unwrap();
+        let want = senseflow::ops::transpose(&t, 0, 2).unwrap().to_vec_f32().unwrap();
         assert_eq!(back, want);
     }
     for _ in 0..3 {
@@ -209,10 +198,7 @@ fn copies_round_trip_and_steady_state_allocates_nothing() {
     }
     let after = dev.alloc_stats();
     println!("allocator: {before:?} -> {after:?}");
-    assert_eq!(
-        after.driver_allocs, before.driver_allocs,
-        "steady state must not call cuMemAlloc"
-    );
+    assert_eq!(after.driver_allocs, before.driver_allocs, "steady state must not call cuMemAlloc");
     assert_eq!(after.bytes_in_use, before.bytes_in_use);
 }
 
@@ -271,28 +257,19 @@ fn unary64(op: UnaryOp, x: f64) -> (f64, f64) {
         UnaryOp::Silu => (x * sig(x), sig(x) * (1.0 + x * (1.0 - sig(x)))),
         UnaryOp::GeluErf => {
             let cdf = 0.5 * (1.0 + libm::erf(x / 2f64.sqrt()));
-            (
-                x * cdf,
-                cdf + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt(),
-            )
+            (x * cdf, cdf + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt())
         }
         UnaryOp::GeluTanh => {
             let u = k * (x + 0.044715 * x.powi(3));
             let t = u.tanh();
-            (
-                0.5 * x * (1.0 + t),
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x),
-            )
+            (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x))
         }
         UnaryOp::QuickGelu => {
             let s = sig(1.702 * x);
             (x * s, s + 1.702 * x * s * (1.0 - s))
         }
         UnaryOp::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
-        UnaryOp::LeakyRelu(s) => (
-            if x > 0.0 { x } else { f64::from(s) * x },
-            if x > 0.0 { 1.0 } else { f64::from(s) },
-        ),
+        UnaryOp::LeakyRelu(s) => (if x > 0.0 { x } else { f64::from(s) * x }, if x > 0.0 { 1.0 } else { f64::from(s) }),
         UnaryOp::Sqr => (x * x, 2.0 * x),
         UnaryOp::Abs => (
             x.abs(),
@@ -327,16 +304,8 @@ fn unary_fwd_bwd() {
             elementwise::unary_bwd(&dev, kop, alpha, &xd, &gd, &mut dxd).unwrap();
             // Naive: the CPU backend's op (f32 math, output stored in dt) and its backward rule.
             let xt = Tensor::from_f32(x.clone(), &[n], dt).unwrap();
-            let y_cpu = senseflow::ops::unary(op, &xt)
-                .unwrap()
-                .to_vec_f32()
-                .unwrap();
-            let dx_cpu: Vec<f32> = x
-                .iter()
-                .zip(&y_cpu)
-                .zip(&g)
-                .map(|((&x, &y), &g)| q(g * op.df(x, y), dt))
-                .collect();
+            let y_cpu = senseflow::ops::unary(op, &xt).unwrap().to_vec_f32().unwrap();
+            let dx_cpu: Vec<f32> = x.iter().zip(&y_cpu).zip(&g).map(|((&x, &y), &g)| q(g * op.df(x, y), dt)).collect();
             let (y64, dx64): (Vec<f64>, Vec<f64>) = x
                 .iter()
                 .zip(&g)
@@ -345,22 +314,8 @@ fn unary_fwd_bwd() {
                     (f, f64::from(g) * d)
                 })
                 .unzip();
-            check(
-                &format!("unary_fwd {}", op.name()),
-                dt,
-                &down(&dev, &yd),
-                &y_cpu,
-                &y64,
-                2.0,
-            );
-            check(
-                &format!("unary_bwd {}", op.name()),
-                dt,
-                &down(&dev, &dxd),
-                &dx_cpu,
-                &dx64,
-                3.0,
-            );
+            check(&format!("unary_fwd {}", op.name()), dt, &down(&dev, &yd), &y_cpu, &y64, 2.0);
+            check(&format!("unary_bwd {}", op.name()), dt, &down(&dev, &dxd), &dx_cpu, &dx64, 3.0);
         }
     }
 }
@@ -374,15 +329,11 @@ fn affine_and_cast() {
         let xd = up(&dev, &x, dt);
         let mut yd = zeros(&dev, dt, n);
         elementwise::affine(&dev, &xd, &mut yd, 1.7, -0.3).unwrap();
-        let naive =
-            senseflow::ops::affine(&Tensor::from_f32(x.clone(), &[n], dt).unwrap(), 1.7, -0.3)
-                .unwrap()
-                .to_vec_f32()
-                .unwrap();
-        let want: Vec<f64> = x
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(1.7f32) + f64::from(-0.3f32))
-            .collect();
+        let naive = senseflow::ops::affine(&Tensor::from_f32(x.clone(), &[n], dt).unwrap(), 1.7, -0.3)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let want: Vec<f64> = x.iter().map(|&v| f64::from(v) * f64::from(1.7f32) + f64::from(-0.3f32)).collect();
         check("affine", dt, &down(&dev, &yd), &naive, &want, 2.0);
     }
     // Casts: bf16 -> f32 is exact; f32 -> bf16 rounds to nearest even, as the CPU does.
@@ -404,15 +355,7 @@ fn strides_of(shape: &[usize]) -> Vec<usize> {
 /// Value of a broadcast operand at output index `idx` (right-aligned shapes).
 fn at(v: &[f32], l: &Layout, out: &[usize], idx: &[usize]) -> f32 {
     let pad = out.len() - l.shape.len();
-    let off: usize = (0..l.shape.len())
-        .map(|i| {
-            if l.shape[i] == 1 {
-                0
-            } else {
-                idx[pad + i] * l.strides[i]
-            }
-        })
-        .sum();
+    let off: usize = (0..l.shape.len()).map(|i| if l.shape[i] == 1 { 0 } else { idx[pad + i] * l.strides[i] }).sum();
     v[l.offset + off]
 }
 
@@ -430,23 +373,13 @@ fn binary_broadcast_fwd_bwd() {
     let dev = gpu_or_skip!();
     // a: a transposed [3, 1, 7, 5] view of a [5, 7, 1, 3] buffer; b: [4, 1, 5] contiguous.
     let a_buf_shape = [5usize, 7, 1, 3];
-    let a_layout = Layout {
-        shape: vec![3, 1, 7, 5],
-        strides: vec![1, 3, 3, 21],
-        offset: 0,
-    };
+    let a_layout = Layout { shape: vec![3, 1, 7, 5], strides: vec![1, 3, 3, 21], offset: 0 };
     let b_layout = Layout::contiguous(&[4, 1, 5]);
     let out = [3usize, 4, 7, 5];
     let n: usize = out.iter().product();
     for dt in DTYPES {
         let av = randn(a_buf_shape.iter().product(), 6, dt);
-        let bv: Vec<f32> = qv(
-            &randn(20, 7, DType::F32)
-                .iter()
-                .map(|v| v.abs() + 0.5)
-                .collect::<Vec<_>>(),
-            dt,
-        );
+        let bv: Vec<f32> = qv(&randn(20, 7, DType::F32).iter().map(|v| v.abs() + 0.5).collect::<Vec<_>>(), dt);
         let g = randn(n, 8, dt);
         let (ad, bd, gd) = (up(&dev, &av, dt), up(&dev, &bv, dt), up(&dev, &g, dt));
         for (op, name) in [
@@ -459,25 +392,12 @@ fn binary_broadcast_fwd_bwd() {
             elementwise::binary_fwd(&dev, op, &ad, &a_layout, &bd, &b_layout, &mut od).unwrap();
             let mut da = zeros(&dev, dt, a_layout.numel());
             let mut db = zeros(&dev, dt, b_layout.numel());
-            elementwise::binary_bwd(
-                &dev,
-                op,
-                &ad,
-                &a_layout,
-                &bd,
-                &b_layout,
-                &gd,
-                Some(&mut da),
-                Some(&mut db),
-            )
-            .unwrap();
+            elementwise::binary_bwd(&dev, op, &ad, &a_layout, &bd, &b_layout, &gd, Some(&mut da), Some(&mut db))
+                .unwrap();
 
             // Naive forward: the CPU op on the same (viewed) tensors.
-            let at_ = senseflow::ops::permute(
-                &Tensor::from_f32(av.clone(), &a_buf_shape, dt).unwrap(),
-                &[3, 2, 1, 0],
-            )
-            .unwrap();
+            let at_ = senseflow::ops::permute(&Tensor::from_f32(av.clone(), &a_buf_shape, dt).unwrap(), &[3, 2, 1, 0])
+                .unwrap();
             let at_ = senseflow::ops::transpose(&at_, 1, 2).unwrap();
             let bt = Tensor::from_f32(bv.clone(), &[4, 1, 5], dt).unwrap();
             let naive = match name {
@@ -496,10 +416,7 @@ fn binary_broadcast_fwd_bwd() {
             let mut naive_db = vec![0f32; b_layout.numel()];
             for (i, w) in want.iter_mut().enumerate() {
                 let idx = unravel(i, &out);
-                let (a, b) = (
-                    f64::from(at(&av, &a_layout, &out, &idx)),
-                    f64::from(at(&bv, &b_layout, &out, &idx)),
-                );
+                let (a, b) = (f64::from(at(&av, &a_layout, &out, &idx)), f64::from(at(&bv, &b_layout, &out, &idx)));
                 let gi = f64::from(g[i]);
                 let (val, ga, gb) = match name {
                     "add" => (a + b, gi, gi),
@@ -511,57 +428,20 @@ fn binary_broadcast_fwd_bwd() {
                 // Gradient positions: contiguous index in each operand's own shape.
                 let ia: usize = {
                     let s = strides_of(&a_layout.shape);
-                    (0..4)
-                        .map(|d| {
-                            if a_layout.shape[d] == 1 {
-                                0
-                            } else {
-                                idx[d] * s[d]
-                            }
-                        })
-                        .sum()
+                    (0..4).map(|d| if a_layout.shape[d] == 1 { 0 } else { idx[d] * s[d] }).sum()
                 };
                 let ib: usize = {
                     let s = strides_of(&b_layout.shape);
-                    (0..3)
-                        .map(|d| {
-                            if b_layout.shape[d] == 1 {
-                                0
-                            } else {
-                                idx[d + 1] * s[d]
-                            }
-                        })
-                        .sum()
+                    (0..3).map(|d| if b_layout.shape[d] == 1 { 0 } else { idx[d + 1] * s[d] }).sum()
                 };
                 want_da[ia] += ga;
                 want_db[ib] += gb;
                 naive_da[ia] += q(ga as f32, dt);
                 naive_db[ib] += q(gb as f32, dt);
             }
-            check(
-                &format!("binary_fwd {name}"),
-                dt,
-                &down(&dev, &od),
-                &naive,
-                &want,
-                2.0,
-            );
-            check(
-                &format!("binary_bwd {name} da"),
-                dt,
-                &down(&dev, &da),
-                &qv(&naive_da, dt),
-                &want_da,
-                3.0,
-            );
-            check(
-                &format!("binary_bwd {name} db"),
-                dt,
-                &down(&dev, &db),
-                &qv(&naive_db, dt),
-                &want_db,
-                3.0,
-            );
+            check(&format!("binary_fwd {name}"), dt, &down(&dev, &od), &naive, &want, 2.0);
+            check(&format!("binary_bwd {name} da"), dt, &down(&dev, &da), &qv(&naive_da, dt), &want_da, 3.0);
+            check(&format!("binary_bwd {name} db"), dt, &down(&dev, &db), &qv(&naive_db, dt), &want_db, 3.0);
         }
     }
 }
@@ -576,11 +456,9 @@ fn reduce_sum_mean_max() {
         let x = randn(rows * cols, 9, dt);
         let xd = up(&dev, &x, dt);
         let xt = Tensor::from_f32(x.clone(), &[rows, cols], dt).unwrap();
-        for (op, name) in [
-            (ReduceOp::SF_REDUCE_SUM, "sum"),
-            (ReduceOp::SF_REDUCE_MEAN, "mean"),
-            (ReduceOp::SF_REDUCE_MAX, "max"),
-        ] {
+        for (op, name) in
+            [(ReduceOp::SF_REDUCE_SUM, "sum"), (ReduceOp::SF_REDUCE_MEAN, "mean"), (ReduceOp::SF_REDUCE_MAX, "max")]
+        {
             let mut out = zeros(&dev, dt, rows);
             let mut argmax = DeviceVec::<i32>::alloc(&dev, rows).unwrap();
             let am = (op == ReduceOp::SF_REDUCE_MAX).then_some(&mut argmax);
@@ -598,43 +476,20 @@ fn reduce_sum_mean_max() {
                 .map(|r| match name {
                     "sum" => r.iter().map(|&v| f64::from(v)).sum(),
                     "mean" => r.iter().map(|&v| f64::from(v)).sum::<f64>() / cols as f64,
-                    _ => r
-                        .iter()
-                        .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v))),
+                    _ => r.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v))),
                 })
                 .collect();
-            check(
-                &format!("reduce_fwd {name}"),
-                dt,
-                &down(&dev, &out),
-                &naive,
-                &want,
-                2.0,
-            );
+            check(&format!("reduce_fwd {name}"), dt, &down(&dev, &out), &naive, &want, 2.0);
             if name == "max" {
                 let (_, idx) = senseflow::backend::cpu::reduce::max_rows(&x, cols);
-                let got: Vec<usize> = argmax
-                    .to_vec(&dev)
-                    .unwrap()
-                    .iter()
-                    .map(|&i| i as usize)
-                    .collect();
+                let got: Vec<usize> = argmax.to_vec(&dev).unwrap().iter().map(|&i| i as usize).collect();
                 assert_eq!(got, idx, "argmax must match the CPU's first maximum");
             }
             // Backward: exact (a broadcast, a scaling by 1/cols, or a routing).
             let g = randn(rows, 10, dt);
             let gd = up(&dev, &g, dt);
             let mut dx = zeros(&dev, dt, rows * cols);
-            reduce::reduce_bwd(
-                &dev,
-                op,
-                &gd,
-                (name == "max").then_some(&argmax),
-                rows,
-                cols,
-                &mut dx,
-            )
-            .unwrap();
+            reduce::reduce_bwd(&dev, op, &gd, (name == "max").then_some(&argmax), rows, cols, &mut dx).unwrap();
             let (_, idx) = senseflow::backend::cpu::reduce::max_rows(&x, cols);
             let want: Vec<f64> = (0..rows * cols)
                 .map(|i| {
@@ -654,14 +509,7 @@ fn reduce_sum_mean_max() {
                 })
                 .collect();
             let naive: Vec<f32> = want.iter().map(|&v| q(v as f32, dt)).collect();
-            check(
-                &format!("reduce_bwd {name}"),
-                dt,
-                &down(&dev, &dx),
-                &naive,
-                &want,
-                3.0,
-            );
+            check(&format!("reduce_bwd {name}"), dt, &down(&dev, &dx), &naive, &want, 3.0);
         }
     }
 }
@@ -686,30 +534,11 @@ fn softmax_fwd_bwd() {
     let dev = gpu_or_skip!();
     let (rows, cols, stride) = (97, 1029, 1040); // strided rows
     for dt in DTYPES {
-        let buf = qv(
-            &randn(rows * stride, 11, DType::F32)
-                .iter()
-                .map(|v| 3.0 * v)
-                .collect::<Vec<_>>(),
-            dt,
-        );
-        let x: Vec<f32> = (0..rows)
-            .flat_map(|r| buf[r * stride..r * stride + cols].to_vec())
-            .collect();
+        let buf = qv(&randn(rows * stride, 11, DType::F32).iter().map(|v| 3.0 * v).collect::<Vec<_>>(), dt);
+        let x: Vec<f32> = (0..rows).flat_map(|r| buf[r * stride..r * stride + cols].to_vec()).collect();
         let xd = up(&dev, &buf, dt);
         let mut yd = zeros(&dev, dt, rows * cols);
-        softmax::softmax_fwd(
-            &dev,
-            &xd,
-            Rows {
-                offset: 0,
-                rows,
-                cols,
-                row_stride: stride,
-            },
-            &mut yd,
-        )
-        .unwrap();
+        softmax::softmax_fwd(&dev, &xd, Rows { offset: 0, rows, cols, row_stride: stride }, &mut yd).unwrap();
         let y32: Vec<f32> = qv(&softmax_ref::<f32>(&x, cols), dt);
         let y64: Vec<f64> = softmax_ref::<f64>(&x, cols);
         let y = down(&dev, &yd);
@@ -725,10 +554,7 @@ fn softmax_fwd_bwd() {
                 .zip(gg.chunks(cols))
                 .flat_map(|(yr, gr)| {
                     let dot: f64 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    yr.iter()
-                        .zip(gr)
-                        .map(move |(a, b)| a * (b - dot))
-                        .collect::<Vec<_>>()
+                    yr.iter().zip(gr).map(move |(a, b)| a * (b - dot)).collect::<Vec<_>>()
                 })
                 .collect()
         };
@@ -738,10 +564,7 @@ fn softmax_fwd_bwd() {
             .zip(g.chunks(cols))
             .flat_map(|(yr, gr)| {
                 let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                yr.iter()
-                    .zip(gr)
-                    .map(move |(a, b)| q(a * (b - dot), dt))
-                    .collect::<Vec<_>>()
+                yr.iter().zip(gr).map(move |(a, b)| q(a * (b - dot), dt)).collect::<Vec<_>>()
             })
             .collect();
         check("softmax_bwd", dt, &down(&dev, &dx), &naive, &want, 3.0);
@@ -806,30 +629,12 @@ fn layer_norm_and_rms_norm() {
     let eps = 1e-5f32;
     for dt in DTYPES {
         let buf = randn(rows * stride, 13, dt);
-        let x: Vec<f32> = (0..rows)
-            .flat_map(|r| buf[r * stride..r * stride + dim].to_vec())
-            .collect();
-        let w = qv(
-            &randn(dim, 14, DType::F32)
-                .iter()
-                .map(|v| 1.0 + 0.3 * v)
-                .collect::<Vec<_>>(),
-            dt,
-        );
+        let x: Vec<f32> = (0..rows).flat_map(|r| buf[r * stride..r * stride + dim].to_vec()).collect();
+        let w = qv(&randn(dim, 14, DType::F32).iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>(), dt);
         let b = randn(dim, 15, dt);
         let g = randn(rows * dim, 16, dt);
-        let view = Rows {
-            offset: 0,
-            rows,
-            cols: dim,
-            row_stride: stride,
-        };
-        let (xd, wd, bd, gd) = (
-            up(&dev, &buf, dt),
-            up(&dev, &w, dt),
-            up(&dev, &b, dt),
-            up(&dev, &g, dt),
-        );
+        let view = Rows { offset: 0, rows, cols: dim, row_stride: stride };
+        let (xd, wd, bd, gd) = (up(&dev, &buf, dt), up(&dev, &w, dt), up(&dev, &b, dt), up(&dev, &g, dt));
         for rms in [false, true] {
             let name = if rms { "rms_norm" } else { "layer_norm" };
             let mut y = zeros(&dev, dt, rows * dim);
@@ -848,25 +653,11 @@ fn layer_norm_and_rms_norm() {
                     &gd,
                     &rstd,
                     &mut dx,
-                    Some(ParamGrad {
-                        out: &mut dw,
-                        accumulate: false,
-                    }),
+                    Some(ParamGrad { out: &mut dw, accumulate: false }),
                 )
                 .unwrap();
             } else {
-                norm::layer_norm_fwd(
-                    &dev,
-                    &xd,
-                    view,
-                    Some(&wd),
-                    Some(&bd),
-                    eps,
-                    &mut y,
-                    &mut mean,
-                    &mut rstd,
-                )
-                .unwrap();
+                norm::layer_norm_fwd(&dev, &xd, view, Some(&wd), Some(&bd), eps, &mut y, &mut mean, &mut rstd).unwrap();
                 norm::layer_norm_bwd(
                     &dev,
                     &xd,
@@ -876,52 +667,18 @@ fn layer_norm_and_rms_norm() {
                     &mean,
                     &rstd,
                     &mut dx,
-                    Some(ParamGrad {
-                        out: &mut dw,
-                        accumulate: false,
-                    }),
-                    Some(ParamGrad {
-                        out: &mut db,
-                        accumulate: false,
-                    }),
+                    Some(ParamGrad { out: &mut dw, accumulate: false }),
+                    Some(ParamGrad { out: &mut db, accumulate: false }),
                 )
                 .unwrap();
             }
             let (y32, dx32, dw32, db32) = norm_ref::<f32>(&x, &w, &b, &g, dim, f64::from(eps), rms);
             let (y64, dx64, dw64, db64) = norm_ref::<f64>(&x, &w, &b, &g, dim, f64::from(eps), rms);
-            check(
-                &format!("{name}_fwd"),
-                dt,
-                &down(&dev, &y),
-                &qv(&y32, dt),
-                &y64,
-                2.0,
-            );
-            check(
-                &format!("{name}_bwd dx"),
-                dt,
-                &down(&dev, &dx),
-                &qv(&dx32, dt),
-                &dx64,
-                3.0,
-            );
-            check(
-                &format!("{name}_bwd dweight"),
-                dt,
-                &down(&dev, &dw),
-                &qv(&dw32, dt),
-                &dw64,
-                3.0,
-            );
+            check(&format!("{name}_fwd"), dt, &down(&dev, &y), &qv(&y32, dt), &y64, 2.0);
+            check(&format!("{name}_bwd dx"), dt, &down(&dev, &dx), &qv(&dx32, dt), &dx64, 3.0);
+            check(&format!("{name}_bwd dweight"), dt, &down(&dev, &dw), &qv(&dw32, dt), &dw64, 3.0);
             if !rms {
-                check(
-                    &format!("{name}_bwd dbias"),
-                    dt,
-                    &down(&dev, &db),
-                    &qv(&db32, dt),
-                    &db64,
-                    3.0,
-                );
+                check(&format!("{name}_bwd dbias"), dt, &down(&dev, &db), &qv(&db32, dt), &db64, 3.0);
             }
         }
     }
@@ -936,14 +693,8 @@ fn layer_norm_modulate_fwd_bwd() {
         let x = randn(bsz * tokens * dim, 17, dt);
         // shift and scale are chunks 1 and 4 of a [B, 6 * D] modulation tensor.
         let m = randn(bsz * 6 * dim, 18, dt);
-        let shift_v = PerBatch {
-            offset: dim,
-            batch_stride: 6 * dim,
-        };
-        let scale_v = PerBatch {
-            offset: 4 * dim,
-            batch_stride: 6 * dim,
-        };
+        let shift_v = PerBatch { offset: dim, batch_stride: 6 * dim };
+        let scale_v = PerBatch { offset: 4 * dim, batch_stride: 6 * dim };
         let g = randn(bsz * tokens * dim, 19, dt);
         let (xd, md, gd) = (up(&dev, &x, dt), up(&dev, &m, dt), up(&dev, &g, dt));
         let xv = Tokens::contiguous(bsz, tokens, dim);
@@ -951,10 +702,8 @@ fn layer_norm_modulate_fwd_bwd() {
         let mut y = zeros(&dev, dt, n);
         let mut mean = zeros(&dev, DType::F32, bsz * tokens);
         let mut rstd = zeros(&dev, DType::F32, bsz * tokens);
-        norm::layer_norm_modulate_fwd(
-            &dev, &xd, xv, &md, shift_v, &md, scale_v, eps, &mut y, &mut mean, &mut rstd,
-        )
-        .unwrap();
+        norm::layer_norm_modulate_fwd(&dev, &xd, xv, &md, shift_v, &md, scale_v, eps, &mut y, &mut mean, &mut rstd)
+            .unwrap();
         let mut dx = zeros(&dev, dt, n);
         // dshift accumulates into chunk 1 of a [B, 6 D] gradient that already holds `prior`
         // (a strided, accumulating write); dscale goes to its own [B, D] buffer.
@@ -971,19 +720,8 @@ fn layer_norm_modulate_fwd_bwd() {
             &mean,
             &rstd,
             &mut dx,
-            BatchGrad {
-                out: &mut dmod,
-                view: shift_v,
-                accumulate: true,
-            },
-            BatchGrad {
-                out: &mut dscale,
-                view: PerBatch {
-                    offset: 0,
-                    batch_stride: dim,
-                },
-                accumulate: false,
-            },
+            BatchGrad { out: &mut dmod, view: shift_v, accumulate: true },
+            BatchGrad { out: &mut dscale, view: PerBatch { offset: 0, batch_stride: dim }, accumulate: false },
         )
         .unwrap();
         #[allow(clippy::type_complexity)]
@@ -1008,8 +746,7 @@ fn layer_norm_modulate_fwd_bwd() {
                 let rows = &x[b * tokens * dim..(b + 1) * tokens * dim];
                 let grows = &g[b * tokens * dim..(b + 1) * tokens * dim];
                 // layer_norm with weight 1 + scale (no bias) gives xhat * (1 + scale) and the dx.
-                let (yn, _, _, _) =
-                    norm_ref::<R>(rows, &vec![1.0; dim], &zero, grows, dim, eps, false);
+                let (yn, _, _, _) = norm_ref::<R>(rows, &vec![1.0; dim], &zero, grows, dim, eps, false);
                 let (_, dxw, _, _) = norm_ref::<R>(rows, &w, &zero, grows, dim, eps, false);
                 for t in 0..tokens {
                     for d in 0..dim {
@@ -1024,34 +761,11 @@ fn layer_norm_modulate_fwd_bwd() {
             }
             (y, dx, dshift, dscale)
         }
-        let (y32, dx32, ds32, dc32) =
-            reference::<f32>(&x, &m, &g, bsz, tokens, dim, f64::from(eps));
-        let (y64, dx64, ds64, dc64) =
-            reference::<f64>(&x, &m, &g, bsz, tokens, dim, f64::from(eps));
-        check(
-            "layer_norm_modulate_fwd",
-            dt,
-            &down(&dev, &y),
-            &qv(&y32, dt),
-            &y64,
-            2.0,
-        );
-        check(
-            "layer_norm_modulate_bwd dx",
-            dt,
-            &down(&dev, &dx),
-            &qv(&dx32, dt),
-            &dx64,
-            3.0,
-        );
-        check(
-            "layer_norm_modulate_bwd dscale",
-            dt,
-            &down(&dev, &dscale),
-            &qv(&dc32, dt),
-            &dc64,
-            3.0,
-        );
+        let (y32, dx32, ds32, dc32) = reference::<f32>(&x, &m, &g, bsz, tokens, dim, f64::from(eps));
+        let (y64, dx64, ds64, dc64) = reference::<f64>(&x, &m, &g, bsz, tokens, dim, f64::from(eps));
+        check("layer_norm_modulate_fwd", dt, &down(&dev, &y), &qv(&y32, dt), &y64, 2.0);
+        check("layer_norm_modulate_bwd dx", dt, &down(&dev, &dx), &qv(&dx32, dt), &dx64, 3.0);
+        check("layer_norm_modulate_bwd dscale", dt, &down(&dev, &dscale), &qv(&dc32, dt), &dc64, 3.0);
         // dshift landed in chunk 1 on top of `prior`; every other element is untouched.
         let got = down(&dev, &dmod);
         let (mut w64, mut w32, mut g1) = (vec![], vec![], vec![]);
@@ -1063,14 +777,7 @@ fn layer_norm_modulate_fwd_bwd() {
                 g1.push(got[i]);
             }
         }
-        check(
-            "layer_norm_modulate_bwd dshift (+=, strided)",
-            dt,
-            &g1,
-            &w32,
-            &w64,
-            3.0,
-        );
+        check("layer_norm_modulate_bwd dshift (+=, strided)", dt, &g1, &w32, &w64, 3.0);
         for (i, (&a, &b)) in got.iter().zip(&prior).enumerate() {
             if (i % (6 * dim)) / dim != 1 {
                 assert_eq!(a, b, "element {i} outside the dshift chunk was written");
@@ -1082,47 +789,20 @@ fn layer_norm_modulate_fwd_bwd() {
 #[test]
 fn group_norm_fwd_bwd() {
     let dev = gpu_or_skip!();
-    let shape = GroupNormShape {
-        batch: 2,
-        channels: 12,
-        spatial: 7 * 9,
-        groups: 4,
-    };
+    let shape = GroupNormShape { batch: 2, channels: 12, spatial: 7 * 9, groups: 4 };
     let eps = 1e-6f32;
     let (bsz, c, s, gr) = (shape.batch, shape.channels, shape.spatial, shape.groups);
     for dt in DTYPES {
         let n = bsz * c * s;
         let x = randn(n, 20, dt);
-        let w = qv(
-            &randn(c, 21, DType::F32)
-                .iter()
-                .map(|v| 1.0 + 0.3 * v)
-                .collect::<Vec<_>>(),
-            dt,
-        );
+        let w = qv(&randn(c, 21, DType::F32).iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>(), dt);
         let b = randn(c, 22, dt);
         let g = randn(n, 23, dt);
-        let (xd, wd, bd, gd) = (
-            up(&dev, &x, dt),
-            up(&dev, &w, dt),
-            up(&dev, &b, dt),
-            up(&dev, &g, dt),
-        );
+        let (xd, wd, bd, gd) = (up(&dev, &x, dt), up(&dev, &w, dt), up(&dev, &b, dt), up(&dev, &g, dt));
         let mut y = zeros(&dev, dt, n);
         let mut mean = zeros(&dev, DType::F32, bsz * gr);
         let mut rstd = zeros(&dev, DType::F32, bsz * gr);
-        norm::group_norm_fwd(
-            &dev,
-            &xd,
-            shape,
-            Some(&wd),
-            Some(&bd),
-            eps,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-        )
-        .unwrap();
+        norm::group_norm_fwd(&dev, &xd, shape, Some(&wd), Some(&bd), eps, &mut y, &mut mean, &mut rstd).unwrap();
         let mut dx = zeros(&dev, dt, n);
         let mut dw = zeros(&dev, dt, c);
         let mut db = zeros(&dev, dt, c);
@@ -1135,14 +815,8 @@ fn group_norm_fwd_bwd() {
             &mean,
             &rstd,
             &mut dx,
-            Some(ParamGrad {
-                out: &mut dw,
-                accumulate: false,
-            }),
-            Some(ParamGrad {
-                out: &mut db,
-                accumulate: false,
-            }),
+            Some(ParamGrad { out: &mut dw, accumulate: false }),
+            Some(ParamGrad { out: &mut db, accumulate: false }),
         )
         .unwrap();
         // Reference: a group is one layer_norm row of cpg * s elements with a per-channel affine.
@@ -1164,15 +838,8 @@ fn group_norm_fwd_bwd() {
                 let grp = bg % gr;
                 let wg: Vec<f32> = (0..m).map(|i| w[grp * cpg + i / s]).collect();
                 let bgv: Vec<f32> = (0..m).map(|i| b[grp * cpg + i / s]).collect();
-                let (yy, dxx, dww, dbb) = norm_ref::<R>(
-                    &x[bg * m..(bg + 1) * m],
-                    &wg,
-                    &bgv,
-                    &g[bg * m..(bg + 1) * m],
-                    m,
-                    eps,
-                    false,
-                );
+                let (yy, dxx, dww, dbb) =
+                    norm_ref::<R>(&x[bg * m..(bg + 1) * m], &wg, &bgv, &g[bg * m..(bg + 1) * m], m, eps, false);
                 y.extend(yy);
                 dx.extend(dxx);
                 for i in 0..m {
@@ -1185,38 +852,10 @@ fn group_norm_fwd_bwd() {
         let dims = (bsz, c, s, gr);
         let (y32, dx32, dw32, db32) = reference::<f32>(&x, &w, &b, &g, dims, f64::from(eps));
         let (y64, dx64, dw64, db64) = reference::<f64>(&x, &w, &b, &g, dims, f64::from(eps));
-        check(
-            "group_norm_fwd",
-            dt,
-            &down(&dev, &y),
-            &qv(&y32, dt),
-            &y64,
-            2.0,
-        );
-        check(
-            "group_norm_bwd dx",
-            dt,
-            &down(&dev, &dx),
-            &qv(&dx32, dt),
-            &dx64,
-            3.0,
-        );
-        check(
-            "group_norm_bwd dweight",
-            dt,
-            &down(&dev, &dw),
-            &qv(&dw32, dt),
-            &dw64,
-            3.0,
-        );
-        check(
-            "group_norm_bwd dbias",
-            dt,
-            &down(&dev, &db),
-            &qv(&db32, dt),
-            &db64,
-            3.0,
-        );
+        check("group_norm_fwd", dt, &down(&dev, &y), &qv(&y32, dt), &y64, 2.0);
+        check("group_norm_bwd dx", dt, &down(&dev, &dx), &qv(&dx32, dt), &dx64, 3.0);
+        check("group_norm_bwd dweight", dt, &down(&dev, &dw), &qv(&dw32, dt), &dw64, 3.0);
+        check("group_norm_bwd dbias", dt, &down(&dev, &db), &qv(&db32, dt), &db64, 3.0);
     }
 }
 
@@ -1229,17 +868,9 @@ fn gated_residual_fwd_bwd() {
         let x = randn(n, 24, dt);
         let y = randn(n, 25, dt);
         let gate_buf = randn(bsz * 3 * dim, 26, dt); // chunk 2 of [B, 3 D]
-        let gv = PerBatch {
-            offset: 2 * dim,
-            batch_stride: 3 * dim,
-        };
+        let gv = PerBatch { offset: 2 * dim, batch_stride: 3 * dim };
         let g = randn(n, 27, dt);
-        let (xd, yd, gated, gd) = (
-            up(&dev, &x, dt),
-            up(&dev, &y, dt),
-            up(&dev, &gate_buf, dt),
-            up(&dev, &g, dt),
-        );
+        let (xd, yd, gated, gd) = (up(&dev, &x, dt), up(&dev, &y, dt), up(&dev, &gate_buf, dt), up(&dev, &g, dt));
         let tv = Tokens::contiguous(bsz, tokens, dim);
         let mut out = zeros(&dev, dt, n);
         norm::gated_residual_fwd(&dev, &xd, tv, &yd, tv, &gated, gv, &mut out).unwrap();
@@ -1253,14 +884,7 @@ fn gated_residual_fwd_bwd() {
             gv,
             &gd,
             &mut dy,
-            BatchGrad {
-                out: &mut dgate,
-                view: PerBatch {
-                    offset: 0,
-                    batch_stride: dim,
-                },
-                accumulate: false,
-            },
+            BatchGrad { out: &mut dgate, view: PerBatch { offset: 0, batch_stride: dim }, accumulate: false },
         )
         .unwrap();
         let gate = |b: usize, d: usize| gate_buf[b * 3 * dim + 2 * dim + d];
@@ -1276,22 +900,8 @@ fn gated_residual_fwd_bwd() {
             dg32[b * dim + d] += g[i] * y[i];
         }
         check("gated_residual_fwd", dt, &down(&dev, &out), &o32, &o64, 2.0);
-        check(
-            "gated_residual_bwd dy",
-            dt,
-            &down(&dev, &dy),
-            &dy32,
-            &dy64,
-            3.0,
-        );
-        check(
-            "gated_residual_bwd dgate",
-            dt,
-            &down(&dev, &dgate),
-            &qv(&dg32, dt),
-            &dg64,
-            3.0,
-        );
+        check("gated_residual_bwd dy", dt, &down(&dev, &dy), &dy32, &dy64, 3.0);
+        check("gated_residual_bwd dgate", dt, &down(&dev, &dgate), &qv(&dg32, dt), &dg64, 3.0);
     }
 }
 
@@ -1300,12 +910,7 @@ fn gated_residual_fwd_bwd() {
 #[test]
 fn rope_fwd_bwd() {
     let dev = gpu_or_skip!();
-    let shape = RopeShape {
-        batch: 2,
-        heads: 3,
-        tokens: 97,
-        dim: 64,
-    };
+    let shape = RopeShape { batch: 2, heads: 3, tokens: 97, dim: 64 };
     let (b, h, n, d) = (shape.batch, shape.heads, shape.tokens, shape.dim);
     let half = d / 2;
     // Angles like FLUX's: position * theta^(-2i/d), one table per batch entry.
@@ -1321,11 +926,7 @@ fn rope_fwd_bwd() {
         }
     }
     let (cd, sd) = (up(&dev, &cos, DType::F32), up(&dev, &sin, DType::F32));
-    let tables = RopeTables {
-        cos: &cd,
-        sin: &sd,
-        batch_stride: n * half,
-    };
+    let tables = RopeTables { cos: &cd, sin: &sd, batch_stride: n * half };
     for dt in DTYPES {
         // x given as [B, N, H, D] memory read through [B, H, N, D] strides.
         let buf = randn(b * n * h * d, 28, dt);
@@ -1341,8 +942,7 @@ fn rope_fwd_bwd() {
                         for i in 0..half {
                             let base = ((bb * n + t) * h + hh) * d + 2 * i;
                             let (x0, x1) = (buf[base], buf[base + 1]);
-                            let (c, s0) =
-                                (cos[(bb * n + t) * half + i], sin[(bb * n + t) * half + i]);
+                            let (c, s0) = (cos[(bb * n + t) * half + i], sin[(bb * n + t) * half + i]);
                             let s = if inverse { -s0 } else { s0 };
                             r64.push(f64::from(c) * f64::from(x0) - f64::from(s) * f64::from(x1));
                             r64.push(f64::from(s) * f64::from(x0) + f64::from(c) * f64::from(x1));
@@ -1352,14 +952,7 @@ fn rope_fwd_bwd() {
                     }
                 }
             }
-            check(
-                if inverse { "rope_bwd" } else { "rope_fwd" },
-                dt,
-                &down(&dev, &out),
-                &r32,
-                &r64,
-                2.0,
-            );
+            check(if inverse { "rope_bwd" } else { "rope_fwd" }, dt, &down(&dev, &out), &r32, &r64, 2.0);
         }
     }
 }
@@ -1374,35 +967,18 @@ fn losses_fwd_bwd() {
         let p = randn(rows * cols, 29, dt);
         let t = randn(rows * cols, 30, dt);
         let dl = randn(rows, 31, DType::F32);
-        let (pd, td, dld) = (
-            up(&dev, &p, dt),
-            up(&dev, &t, dt),
-            up(&dev, &dl, DType::F32),
-        );
+        let (pd, td, dld) = (up(&dev, &p, dt), up(&dev, &t, dt), up(&dev, &dl, DType::F32));
         let view = Rows::contiguous(rows, cols);
-        for loss_kind in [
-            Loss::Mse,
-            Loss::PseudoHuber { c: 0.03 },
-            Loss::Hinge { sign: 1.0 },
-            Loss::Hinge { sign: -1.0 },
-        ] {
+        for loss_kind in
+            [Loss::Mse, Loss::PseudoHuber { c: 0.03 }, Loss::Hinge { sign: 1.0 }, Loss::Hinge { sign: -1.0 }]
+        {
             let target = (!matches!(loss_kind, Loss::Hinge { .. })).then_some((&td, view));
             let mut out = zeros(&dev, DType::F32, rows);
             loss::loss_fwd(&dev, loss_kind, &pd, view, target, &mut out).unwrap();
             let mut dp = zeros(&dev, dt, rows * cols);
             let mut dtt = zeros(&dev, dt, rows * cols);
             let dtarget = target.is_some().then_some(&mut dtt);
-            loss::loss_bwd(
-                &dev,
-                loss_kind,
-                &pd,
-                view,
-                target,
-                &dld,
-                Some(&mut dp),
-                dtarget,
-            )
-            .unwrap();
+            loss::loss_bwd(&dev, loss_kind, &pd, view, target, &dld, Some(&mut dp), dtarget).unwrap();
             let lv = |pp: f64, tt: f64| -> (f64, f64) {
                 match loss_kind {
                     Loss::Mse => ((pp - tt).powi(2), 2.0 * (pp - tt)),
@@ -1413,10 +989,7 @@ fn losses_fwd_bwd() {
                     }
                     Loss::Hinge { sign } => {
                         let s = f64::from(sign);
-                        (
-                            (1.0 - s * pp).max(0.0),
-                            if 1.0 - s * pp > 0.0 { -s } else { 0.0 },
-                        )
+                        ((1.0 - s * pp).max(0.0), if 1.0 - s * pp > 0.0 { -s } else { 0.0 })
                     }
                 }
             };
@@ -1427,10 +1000,9 @@ fn losses_fwd_bwd() {
                         let r = ((pp - tt) * (pp - tt) + c * c).sqrt();
                         (r - c, (pp - tt) / r)
                     }
-                    Loss::Hinge { sign } => (
-                        (1.0 - sign * pp).max(0.0),
-                        if 1.0 - sign * pp > 0.0 { -sign } else { 0.0 },
-                    ),
+                    Loss::Hinge { sign } => {
+                        ((1.0 - sign * pp).max(0.0), if 1.0 - sign * pp > 0.0 { -sign } else { 0.0 })
+                    }
                 }
             };
             let (mut l64, mut l32) = (vec![0f64; rows], vec![0f32; rows]);
@@ -1445,33 +1017,12 @@ fn losses_fwd_bwd() {
                 g32.push(q(dl[r] / cols as f32 * d32, dt));
             }
             let name = format!("{loss_kind:?}");
-            check(
-                &format!("loss_fwd {name}"),
-                DType::F32,
-                &down(&dev, &out),
-                &l32,
-                &l64,
-                2.0,
-            );
-            check(
-                &format!("loss_bwd {name} dpred"),
-                dt,
-                &down(&dev, &dp),
-                &g32,
-                &g64,
-                3.0,
-            );
+            check(&format!("loss_fwd {name}"), DType::F32, &down(&dev, &out), &l32, &l64, 2.0);
+            check(&format!("loss_bwd {name} dpred"), dt, &down(&dev, &dp), &g32, &g64, 3.0);
             if target.is_some() {
                 let neg: Vec<f64> = g64.iter().map(|v| -v).collect();
                 let neg32: Vec<f32> = g32.iter().map(|v| -v).collect();
-                check(
-                    &format!("loss_bwd {name} dtarget"),
-                    dt,
-                    &down(&dev, &dtt),
-                    &neg32,
-                    &neg,
-                    3.0,
-                );
+                check(&format!("loss_bwd {name} dtarget"), dt, &down(&dev, &dtt), &neg32, &neg, 3.0);
             }
         }
     }
@@ -1500,32 +1051,20 @@ fn rng_matches_cpu_philox() {
         for dist in [
             Distribution::Uniform { lo: -2.0, hi: 3.0 },
             Distribution::Normal,
-            Distribution::LogitNormal {
-                mean: 0.5,
-                std: 1.3,
-            },
+            Distribution::LogitNormal { mean: 0.5, std: 1.3 },
         ] {
             let mut g = Philox::at(seed, offset);
             let mut out = zeros(&dev, dt, n);
             rng::fill(&dev, &mut g, dist, &mut out).unwrap();
             let mut c = Philox::at(seed, offset);
             let want: Vec<f32> = match dist {
-                Distribution::Uniform { lo, hi } => c
-                    .uniform_vec(n)
-                    .into_iter()
-                    .map(|u| lo + (hi - lo) * u)
-                    .collect(),
+                Distribution::Uniform { lo, hi } => c.uniform_vec(n).into_iter().map(|u| lo + (hi - lo) * u).collect(),
                 Distribution::Normal => c.normal_vec(n),
                 Distribution::LogitNormal { mean, std } => c.logit_normal_vec(n, mean, std),
             };
             assert_eq!(g, c, "the GPU fill advances the stream like the CPU fill");
             let got = down(&dev, &out);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(&a, &b)| ulps(a, q(b, dt)))
-                .max()
-                .unwrap_or(0);
+            let worst = got.iter().zip(&want).map(|(&a, &b)| ulps(a, q(b, dt))).max().unwrap_or(0);
             println!("rng {dist:?} {dt}: worst {worst} ulp (of {dt})");
             match (dist, dt) {
                 (Distribution::Uniform { .. }, _) => assert_eq!(worst, 0, "uniforms are bit-exact"),
@@ -1547,14 +1086,7 @@ fn rng_matches_cpu_philox() {
 fn adamw_clip_and_ida_blend() {
     let dev = gpu_or_skip!();
     let sizes = [70_001usize, 3, 65_536]; // crosses chunk boundaries, tiny, exact chunk
-    let cfg = AdamwConfig {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        step: 3,
-    };
+    let cfg = AdamwConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 3 };
     // (gradient dtype, bf16 model copy): adamw_step_f32, adamw_step_bf16, adamw_step_bf16_f32grad.
     for (grad_dt, use_param) in [(DType::F32, false), (DType::BF16, true), (DType::F32, true)] {
         let mut masters: Vec<CudaStorage> = Vec::new();
@@ -1566,14 +1098,8 @@ fn adamw_clip_and_ida_blend() {
         for (i, &n) in sizes.iter().enumerate() {
             let w = randn(n, 40 + i as u64, DType::F32);
             let g = randn(n, 50 + i as u64, grad_dt);
-            let a: Vec<f32> = randn(n, 60 + i as u64, DType::F32)
-                .iter()
-                .map(|v| 0.1 * v)
-                .collect();
-            let b: Vec<f32> = randn(n, 70 + i as u64, DType::F32)
-                .iter()
-                .map(|v| 0.01 * v * v)
-                .collect();
+            let a: Vec<f32> = randn(n, 60 + i as u64, DType::F32).iter().map(|v| 0.1 * v).collect();
+            let b: Vec<f32> = randn(n, 70 + i as u64, DType::F32).iter().map(|v| 0.01 * v * v).collect();
             masters.push(up(&dev, &w, DType::F32));
             params.push(zeros(&dev, DType::BF16, n));
             grads.push(up(&dev, &g, grad_dt));
@@ -1587,36 +1113,18 @@ fn adamw_clip_and_ida_blend() {
         let grad_refs: Vec<&CudaStorage> = grads.iter().collect();
         let max_norm = 100.0f32;
         optim::grad_norm_clip(&dev, &grad_refs, max_norm, &mut norm_d, &mut scale_d).unwrap();
-        let norm64: f64 = host
-            .iter()
-            .flat_map(|h| h.1.iter())
-            .map(|&g| f64::from(g).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let norm64: f64 = host.iter().flat_map(|h| h.1.iter()).map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
         let norm_got = f64::from(down(&dev, &norm_d)[0]);
-        println!(
-            "grad norm {grad_dt}: {norm_got} vs {norm64} (rel {:.2e})",
-            (norm_got - norm64).abs() / norm64
-        );
+        println!("grad norm {grad_dt}: {norm_got} vs {norm64} (rel {:.2e})", (norm_got - norm64).abs() / norm64);
         assert!((norm_got - norm64).abs() <= 1e-5 * norm64);
         let clip = (f64::from(max_norm) / (norm64 + 1e-6)).min(1.0);
         assert!((f64::from(down(&dev, &scale_d)[0]) - clip).abs() <= 1e-5 * clip);
 
         let mut tensors: Vec<AdamwTensor> = Vec::new();
-        for ((((mw, p), g), a), b) in masters
-            .iter_mut()
-            .zip(params.iter_mut())
-            .zip(&grads)
-            .zip(m1.iter_mut())
-            .zip(m2.iter_mut())
+        for ((((mw, p), g), a), b) in
+            masters.iter_mut().zip(params.iter_mut()).zip(&grads).zip(m1.iter_mut()).zip(m2.iter_mut())
         {
-            tensors.push(AdamwTensor {
-                master: mw,
-                param: use_param.then_some(p),
-                grad: g,
-                exp_avg: a,
-                exp_avg_sq: b,
-            });
+            tensors.push(AdamwTensor { master: mw, param: use_param.then_some(p), grad: g, exp_avg: a, exp_avg_sq: b });
         }
         optim::adamw_step(&dev, &mut tensors, &cfg, Some(&scale_d)).unwrap();
         drop(tensors);
@@ -1631,9 +1139,7 @@ fn adamw_clip_and_ida_blend() {
                 let m = b1 * f64::from(a[j]) + (1.0 - b1) * g64;
                 let v = b2 * f64::from(b[j]) + (1.0 - b2) * g64 * g64;
                 let ww = f64::from(w[j]) * (1.0 - f64::from(cfg.lr) * f64::from(cfg.weight_decay));
-                w64.push(
-                    ww - f64::from(cfg.lr) / bc1 * m / ((v / bc2).sqrt() + f64::from(cfg.eps)),
-                );
+                w64.push(ww - f64::from(cfg.lr) / bc1 * m / ((v / bc2).sqrt() + f64::from(cfg.eps)));
                 // Naive f32, torch's single-tensor order.
                 let g32 = g[j] * gs;
                 let m32 = a[j] + (1.0 - cfg.beta1) * (g32 - a[j]);
@@ -1668,25 +1174,13 @@ fn adamw_clip_and_ida_blend() {
     let theta_d = up(&dev, &theta, DType::F32);
     optim::ida_blend(
         &dev,
-        &mut [BlendPair {
-            dst_master: &mut phi_d,
-            dst_param: Some(&mut phi_p),
-            src: &theta_d,
-        }],
+        &mut [BlendPair { dst_master: &mut phi_d, dst_param: Some(&mut phi_p), src: &theta_d }],
         lambda,
     )
     .unwrap();
-    let want: Vec<f32> = phi
-        .iter()
-        .zip(&theta)
-        .map(|(&p, &t)| lambda * p + (1.0 - lambda) * t)
-        .collect();
+    let want: Vec<f32> = phi.iter().zip(&theta).map(|(&p, &t)| lambda * p + (1.0 - lambda) * t).collect();
     assert_eq!(down(&dev, &phi_d), want, "ida_blend master");
-    assert_eq!(
-        down(&dev, &phi_p),
-        qv(&want, DType::BF16),
-        "ida_blend bf16 copy"
-    );
+    assert_eq!(down(&dev, &phi_p), qv(&want, DType::BF16), "ida_blend bf16 copy");
     println!("ida_blend: bit-exact");
 }
 
@@ -1703,10 +1197,8 @@ fn embedding_and_timesteps() {
         let idd = DeviceVec::from_slice(&dev, &ids).unwrap();
         let mut out = zeros(&dev, dt, ids.len() * dim);
         embedding::embedding_fwd(&dev, &idd, &td, vocab, dim, &mut out).unwrap();
-        let want: Vec<f32> = ids
-            .iter()
-            .flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].to_vec())
-            .collect();
+        let want: Vec<f32> =
+            ids.iter().flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
         assert_eq!(down(&dev, &out), want, "lookup is a copy");
         let g = randn(ids.len() * dim, 91, dt);
         let gd = up(&dev, &g, dt);
@@ -1719,14 +1211,7 @@ fn embedding_and_timesteps() {
                 w32[id as usize * dim + d] += g[pos * dim + d];
             }
         }
-        check(
-            "embedding_bwd",
-            dt,
-            &down(&dev, &dtab),
-            &qv(&w32, dt),
-            &w64,
-            3.0,
-        );
+        check("embedding_bwd", dt, &down(&dev, &dtab), &qv(&w32, dt), &w64, 3.0);
     }
     // diffusers Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0) on sigma * 1000.
     let t: Vec<f32> = vec![0.0, 1.5, 250.0, 999.0, 517.25];
@@ -1786,14 +1271,7 @@ fn conv_im2col_gemm_and_col2im() {
         let w = randn(cout * ckk, 93, dt);
         let (xd, wd) = (up(&dev, &x, dt), up(&dev, &w, dt));
         let mut col = zeros(&dev, dt, g.col_len().unwrap());
-        conv::im2col(
-            &dev,
-            &xd,
-            &Layout::contiguous(&[g.batch, g.channels, g.height, g.width]),
-            &g,
-            &mut col,
-        )
-        .unwrap();
+        conv::im2col(&dev, &xd, &Layout::contiguous(&[g.batch, g.channels, g.height, g.width]), &g, &mut col).unwrap();
         // y[b] = W [cout, ckk] @ col[b] [ckk, oh*ow]; W broadcast over the batch (stride 0).
         let mut y = zeros(&dev, dt, g.batch * cout * oh * ow);
         let spec = GemmSpec {
@@ -1809,24 +1287,9 @@ fn conv_im2col_gemm_and_col2im() {
         gemm::gemm(
             &dev,
             &spec,
-            MatIn {
-                data: &wd,
-                offset: 0,
-                ld: ckk,
-                batch_stride: 0,
-            },
-            MatIn {
-                data: &col,
-                offset: 0,
-                ld: oh * ow,
-                batch_stride: ckk * oh * ow,
-            },
-            MatOut {
-                data: &mut y,
-                offset: 0,
-                ld: oh * ow,
-                batch_stride: cout * oh * ow,
-            },
+            MatIn { data: &wd, offset: 0, ld: ckk, batch_stride: 0 },
+            MatIn { data: &col, offset: 0, ld: oh * ow, batch_stride: ckk * oh * ow },
+            MatOut { data: &mut y, offset: 0, ld: oh * ow, batch_stride: cout * oh * ow },
         )
         .unwrap();
         let xat = |b: usize, c: usize, ih: isize, iw: isize| -> f32 {
@@ -1861,14 +1324,7 @@ fn conv_im2col_gemm_and_col2im() {
                 }
             }
         }
-        check(
-            "conv2d (im2col + gemm)",
-            dt,
-            &down(&dev, &y),
-            &r32,
-            &r64,
-            2.0,
-        );
+        check("conv2d (im2col + gemm)", dt, &down(&dev, &y), &r32, &r64, 2.0);
 
         // col2im is the adjoint of im2col: <im2col(x), c> = <x, col2im(c)>, checked elementwise.
         let dcol = randn(g.col_len().unwrap(), 94, dt);
@@ -1882,21 +1338,15 @@ fn conv_im2col_gemm_and_col2im() {
                     for kw in 0..3 {
                         for yy in 0..oh {
                             for xx in 0..ow {
-                                let ih = (yy * g.stride.0) as isize - g.padding.0 as isize
-                                    + (kh * g.dilation.0) as isize;
-                                let iw = (xx * g.stride.1) as isize - g.padding.1 as isize
-                                    + (kw * g.dilation.1) as isize;
-                                if ih < 0
-                                    || iw < 0
-                                    || ih >= g.height as isize
-                                    || iw >= g.width as isize
-                                {
+                                let ih =
+                                    (yy * g.stride.0) as isize - g.padding.0 as isize + (kh * g.dilation.0) as isize;
+                                let iw =
+                                    (xx * g.stride.1) as isize - g.padding.1 as isize + (kw * g.dilation.1) as isize;
+                                if ih < 0 || iw < 0 || ih >= g.height as isize || iw >= g.width as isize {
                                     continue;
                                 }
-                                let v = dcol
-                                    [((b * ckk) + c * 9 + kh * 3 + kw) * oh * ow + yy * ow + xx];
-                                let i = ((b * g.channels + c) * g.height + ih as usize) * g.width
-                                    + iw as usize;
+                                let v = dcol[((b * ckk) + c * 9 + kh * 3 + kw) * oh * ow + yy * ow + xx];
+                                let i = ((b * g.channels + c) * g.height + ih as usize) * g.width + iw as usize;
                                 a64[i] += f64::from(v);
                                 a32[i] += v;
                             }
@@ -1917,14 +1367,7 @@ fn upsample_nearest_fwd_bwd() {
         let x = randn(b * c * h * w, 95, dt);
         let xd = up(&dev, &x, dt);
         let mut y = zeros(&dev, dt, b * c * h * sh * w * sw);
-        upsample::upsample_nearest_fwd(
-            &dev,
-            &xd,
-            &Layout::contiguous(&[b, c, h, w]),
-            (sh, sw),
-            &mut y,
-        )
-        .unwrap();
+        upsample::upsample_nearest_fwd(&dev, &xd, &Layout::contiguous(&[b, c, h, w]), (sh, sw), &mut y).unwrap();
         let want: Vec<f32> = (0..b * c * h * sh * w * sw)
             .map(|i| {
                 let (xx, r) = (i % (w * sw), i / (w * sw));
@@ -1945,14 +1388,7 @@ fn upsample_nearest_fwd_bwd() {
             r64[j] += f64::from(gv);
             r32[j] += gv;
         }
-        check(
-            "upsample_nearest_bwd",
-            dt,
-            &down(&dev, &dx),
-            &qv(&r32, dt),
-            &r64,
-            3.0,
-        );
+        check("upsample_nearest_bwd", dt, &down(&dev, &dx), &qv(&r32, dt), &r64, 3.0);
     }
 }
 
@@ -1962,11 +1398,7 @@ fn upsample_nearest_fwd_bwd() {
 fn gemm_cublas_and_cublaslt() {
     let dev = gpu_or_skip!();
     let (m, n, k, batch) = (97, 131, 203, 3);
-    let cases = [
-        (DType::F32, DType::F32),
-        (DType::BF16, DType::BF16),
-        (DType::BF16, DType::F32),
-    ];
+    let cases = [(DType::F32, DType::F32), (DType::BF16, DType::BF16), (DType::BF16, DType::F32)];
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         for (dt, ct) in cases {
             let (ar, ac) = if ta { (k, m) } else { (m, k) };
@@ -1977,16 +1409,7 @@ fn gemm_cublas_and_cublaslt() {
             let bias = randn(n, 103, ct);
             let (ad, bd, biasd) = (up(&dev, &a, dt), up(&dev, &bm, dt), up(&dev, &bias, ct));
             let beta = if ct == DType::F32 { 1.0 } else { 0.0 }; // fp32 accumulation into C
-            let spec = GemmSpec {
-                m,
-                n,
-                k,
-                trans_a: ta,
-                trans_b: tb,
-                batch,
-                alpha: 0.75,
-                beta,
-            };
+            let spec = GemmSpec { m, n, k, trans_a: ta, trans_b: tb, batch, alpha: 0.75, beta };
             let aget = |bb: usize, i: usize, p: usize| {
                 if ta {
                     a[bb * ar * ac + p * ac + i]
@@ -1997,24 +1420,9 @@ fn gemm_cublas_and_cublaslt() {
             let bget = |p: usize, j: usize| if tb { bm[j * bc + p] } else { bm[p * bc + j] };
             for lt in [false, true] {
                 let mut cd = up(&dev, &c0, ct);
-                let ain = MatIn {
-                    data: &ad,
-                    offset: 0,
-                    ld: ac,
-                    batch_stride: ar * ac,
-                };
-                let bin = MatIn {
-                    data: &bd,
-                    offset: 0,
-                    ld: bc,
-                    batch_stride: 0,
-                };
-                let cout = MatOut {
-                    data: &mut cd,
-                    offset: 0,
-                    ld: n,
-                    batch_stride: m * n,
-                };
+                let ain = MatIn { data: &ad, offset: 0, ld: ac, batch_stride: ar * ac };
+                let bin = MatIn { data: &bd, offset: 0, ld: bc, batch_stride: 0 };
+                let cout = MatOut { data: &mut cd, offset: 0, ld: n, batch_stride: m * n };
                 if lt {
                     gemm::lt_matmul(&dev, &spec, ain, bin, cout, Some(&biasd)).unwrap();
                 } else {
@@ -2030,18 +1438,14 @@ fn gemm_cublas_and_cublaslt() {
                                 s32 += aget(bb, i, p) * bget(p, j);
                             }
                             let cij = c0[(bb * m + i) * n + j];
-                            let extra64 = f64::from(beta) * f64::from(cij)
-                                + if lt { f64::from(bias[j]) } else { 0.0 };
+                            let extra64 = f64::from(beta) * f64::from(cij) + if lt { f64::from(bias[j]) } else { 0.0 };
                             let extra32 = beta * cij + if lt { bias[j] } else { 0.0 };
                             r64.push(0.75 * s64 + extra64);
                             r32.push(q(0.75 * s32 + extra32, ct));
                         }
                     }
                 }
-                let name = format!(
-                    "{} ta={ta} tb={tb} {dt}->{ct}",
-                    if lt { "lt_matmul+bias" } else { "gemm" }
-                );
+                let name = format!("{} ta={ta} tb={tb} {dt}->{ct}", if lt { "lt_matmul+bias" } else { "gemm" });
                 check(&name, ct, &down(&dev, &cd), &r32, &r64, 2.0);
             }
         }
@@ -2073,10 +1477,7 @@ fn attn_ref<R: Real>(
     round: &dyn Fn(R) -> R,
 ) -> (Vec<R>, Vec<R>, Vec<R>, Vec<R>, Vec<R>) {
     let (nq, nk, d) = (s.q_len, s.kv_len, s.head_dim);
-    let (mut o, mut lse) = (
-        vec![R::zero(); s.batch * s.heads * nq * d],
-        vec![R::zero(); s.batch * s.heads * nq],
-    );
+    let (mut o, mut lse) = (vec![R::zero(); s.batch * s.heads * nq * d], vec![R::zero(); s.batch * s.heads * nq]);
     let mut dq = vec![R::zero(); o.len()];
     let mut dk = vec![R::zero(); s.batch * s.heads * nk * d];
     let mut dv = vec![R::zero(); dk.len()];
@@ -2152,27 +1553,13 @@ fn attn_ref<R: Real>(
     (o, lse, r(dq), r(dk), r(dv))
 }
 
-fn attn_reference(
-    s: &AttnShape,
-    scale: f32,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    g: &[f32],
-    mask: &[u8],
-) -> AttnRef {
+fn attn_reference(s: &AttnShape, scale: f32, q: &[f32], k: &[f32], v: &[f32], g: &[f32], mask: &[u8]) -> AttnRef {
     let (o, lse, dq, dk, dv) = attn_ref::<f64>(s, f64::from(scale), q, k, v, g, mask, &|x| x);
     AttnRef { o, lse, dq, dk, dv }
 }
 
 /// Copies [B, H, N, D] data into the given layout's memory (or back with `inverse`).
-fn relayout(
-    data: &[f32],
-    shape: (usize, usize, usize, usize),
-    view: Heads,
-    total: usize,
-    inverse: bool,
-) -> Vec<f32> {
+fn relayout(data: &[f32], shape: (usize, usize, usize, usize), view: Heads, total: usize, inverse: bool) -> Vec<f32> {
     let (b, h, n, d) = shape;
     let mut out = vec![0f32; if inverse { b * h * n * d } else { total }];
     for bb in 0..b {
@@ -2180,11 +1567,8 @@ fn relayout(
             for t in 0..n {
                 for c in 0..d {
                     let lin = ((bb * h + hh) * n + t) * d + c;
-                    let strided = view.offset
-                        + bb * view.batch_stride
-                        + hh * view.head_stride
-                        + t * view.row_stride
-                        + c;
+                    let strided =
+                        view.offset + bb * view.batch_stride + hh * view.head_stride + t * view.row_stride + c;
                     if inverse {
                         out[lin] = data[strided];
                     } else {
@@ -2197,28 +1581,9 @@ fn relayout(
     out
 }
 
-fn attention_case(
-    dev: &CudaDevice,
-    dt: DType,
-    head_dim: usize,
-    bnhd: bool,
-    imp: AttnImpl,
-    masked: bool,
-) {
-    let shape = AttnShape {
-        batch: 2,
-        heads: 3,
-        q_len: 97,
-        kv_len: 203,
-        head_dim,
-    };
-    let (b, h, nq, nk, d) = (
-        shape.batch,
-        shape.heads,
-        shape.q_len,
-        shape.kv_len,
-        shape.head_dim,
-    );
+fn attention_case(dev: &CudaDevice, dt: DType, head_dim: usize, bnhd: bool, imp: AttnImpl, masked: bool) {
+    let shape = AttnShape { batch: 2, heads: 3, q_len: 97, kv_len: 203, head_dim };
+    let (b, h, nq, nk, d) = (shape.batch, shape.heads, shape.q_len, shape.kv_len, shape.head_dim);
     let scale = 1.0 / (d as f32).sqrt();
     let qh = randn(b * h * nq * d, 110, dt);
     let k = randn(b * h * nk * d, 111, dt);
@@ -2241,47 +1606,22 @@ fn attention_case(
     let qn = b * h * nq * d;
     let kn = b * h * nk * d;
     let put = |x: &[f32], view: Heads, total: usize| {
-        up(
-            dev,
-            &relayout(x, (b, h, x.len() / (b * h * d), d), view, total, false),
-            dt,
-        )
+        up(dev, &relayout(x, (b, h, x.len() / (b * h * d), d), view, total, false), dt)
     };
-    let (qd, kd, vd, gd) = (
-        put(&qh, qview, qn),
-        put(&k, kview, kn),
-        put(&v, kview, kn),
-        put(&g, qview, qn),
-    );
+    let (qd, kd, vd, gd) = (put(&qh, qview, qn), put(&k, kview, kn), put(&v, kview, kn), put(&g, qview, qn));
     let maskd = DeviceVec::from_slice(dev, &mask).unwrap();
-    let km = masked.then_some(KeyMask {
-        mask: &maskd,
-        offset: 0,
-        batch_stride: nk,
-    });
+    let km = masked.then_some(KeyMask { mask: &maskd, offset: 0, batch_stride: nk });
     let mut od = zeros(dev, dt, qn);
     let mut lse = zeros(dev, DType::F32, b * h * nq);
     let used = attention::attn_fwd(
         dev,
         shape,
         scale,
-        AttnIn {
-            data: &qd,
-            view: qview,
-        },
-        AttnIn {
-            data: &kd,
-            view: kview,
-        },
-        AttnIn {
-            data: &vd,
-            view: kview,
-        },
+        AttnIn { data: &qd, view: qview },
+        AttnIn { data: &kd, view: kview },
+        AttnIn { data: &vd, view: kview },
         km,
-        AttnOut {
-            data: &mut od,
-            view: qview,
-        },
+        AttnOut { data: &mut od, view: qview },
         &mut lse,
         imp,
     )
@@ -2291,95 +1631,29 @@ fn attention_case(
         dev,
         shape,
         scale,
-        AttnIn {
-            data: &qd,
-            view: qview,
-        },
-        AttnIn {
-            data: &kd,
-            view: kview,
-        },
-        AttnIn {
-            data: &vd,
-            view: kview,
-        },
-        AttnIn {
-            data: &od,
-            view: qview,
-        },
-        AttnIn {
-            data: &gd,
-            view: qview,
-        },
+        AttnIn { data: &qd, view: qview },
+        AttnIn { data: &kd, view: kview },
+        AttnIn { data: &vd, view: kview },
+        AttnIn { data: &od, view: qview },
+        AttnIn { data: &gd, view: qview },
         &lse,
         km,
-        AttnOut {
-            data: &mut dqd,
-            view: qview,
-        },
-        AttnOut {
-            data: &mut dkd,
-            view: kview,
-        },
-        AttnOut {
-            data: &mut dvd,
-            view: kview,
-        },
+        AttnOut { data: &mut dqd, view: qview },
+        AttnOut { data: &mut dkd, view: kview },
+        AttnOut { data: &mut dvd, view: kview },
         imp,
     )
     .unwrap();
-    let back = |s: &CudaStorage, view: Heads, n: usize| {
-        relayout(&down(dev, s), (b, h, n, d), view, 0, true)
-    };
+    let back = |s: &CudaStorage, view: Heads, n: usize| relayout(&down(dev, s), (b, h, n, d), view, 0, true);
     let r = attn_reference(&shape, scale, &qh, &k, &v, &g, &mask);
     let lowp = |x: f32| q(x, dt);
-    let (o32, lse32, dq32, dk32, dv32) =
-        attn_ref::<f32>(&shape, f64::from(scale), &qh, &k, &v, &g, &mask, &lowp);
-    let tag = format!(
-        "attn {used:?} d={d}{}{}",
-        if bnhd { " bnhd" } else { "" },
-        if masked { " masked" } else { "" }
-    );
-    check(
-        &format!("{tag} fwd o"),
-        dt,
-        &back(&od, qview, nq),
-        &o32,
-        &r.o,
-        2.0,
-    );
-    check(
-        &format!("{tag} fwd lse"),
-        DType::F32,
-        &down(dev, &lse),
-        &lse32,
-        &r.lse,
-        2.0,
-    );
-    check(
-        &format!("{tag} bwd dq"),
-        dt,
-        &back(&dqd, qview, nq),
-        &dq32,
-        &r.dq,
-        3.0,
-    );
-    check(
-        &format!("{tag} bwd dk"),
-        dt,
-        &back(&dkd, kview, nk),
-        &dk32,
-        &r.dk,
-        3.0,
-    );
-    check(
-        &format!("{tag} bwd dv"),
-        dt,
-        &back(&dvd, kview, nk),
-        &dv32,
-        &r.dv,
-        3.0,
-    );
+    let (o32, lse32, dq32, dk32, dv32) = attn_ref::<f32>(&shape, f64::from(scale), &qh, &k, &v, &g, &mask, &lowp);
+    let tag = format!("attn {used:?} d={d}{}{}", if bnhd { " bnhd" } else { "" }, if masked { " masked" } else { "" });
+    check(&format!("{tag} fwd o"), dt, &back(&od, qview, nq), &o32, &r.o, 2.0);
+    check(&format!("{tag} fwd lse"), DType::F32, &down(dev, &lse), &lse32, &r.lse, 2.0);
+    check(&format!("{tag} bwd dq"), dt, &back(&dqd, qview, nq), &dq32, &r.dq, 3.0);
+    check(&format!("{tag} bwd dk"), dt, &back(&dkd, kview, nk), &dk32, &r.dk, 3.0);
+    check(&format!("{tag} bwd dv"), dt, &back(&dvd, kview, nk), &dv32, &r.dv, 3.0);
 }
 
 #[test]

@@ -4,13 +4,10 @@
 use senseflow::data::image_folder::{load_image, METADATA_FILE};
 use senseflow::data::png::{grid_rgb8, to_u8, write_png};
 use senseflow::data::shapes::{
-    all_labels, all_prompts, caption_of, parse_caption, vocabulary, Color, Position, Shape,
-    ShapeLabel, Size,
+    all_labels, all_prompts, caption_of, parse_caption, vocabulary, Color, Position, Shape, ShapeLabel, Size,
 };
 use senseflow::data::tokenizer::{split_words, Tokenizer, DEFAULT_MAX_LEN, UNK};
-use senseflow::data::{
-    drop_captions, write_png_grid, GridLayout, ImageFolder, ShapesConfig, ShapesDataset,
-};
+use senseflow::data::{drop_captions, write_png_grid, GridLayout, ImageFolder, ShapesConfig, ShapesDataset};
 use senseflow::rng::Philox;
 use senseflow::Tensor;
 use std::collections::HashSet;
@@ -30,11 +27,7 @@ fn shapes(seed: u64) -> ShapesDataset {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec_f32()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
+    t.to_vec_f32().unwrap().iter().map(|v| v.to_bits()).collect()
 }
 
 // ---- shapes: determinism -----------------------------------------------------------------
@@ -46,11 +39,7 @@ fn shapes_sample_is_a_function_of_seed_and_index() {
         let (ia, ca, la) = a.sample(i);
         let (ib, cb, lb) = b.sample(i);
         assert_eq!(ia.shape(), &[3, 32, 32]);
-        assert_eq!(
-            bits(&ia),
-            bits(&ib),
-            "sample {i} differs between two datasets"
-        );
+        assert_eq!(bits(&ia), bits(&ib), "sample {i} differs between two datasets");
         assert_eq!((ca, la), (cb, lb));
         assert_eq!(a.label(i), la, "label() agrees with sample()");
     }
@@ -63,23 +52,13 @@ fn shapes_sample_is_a_function_of_seed_and_index() {
 fn shapes_batch_equals_stacked_samples_at_any_thread_count() {
     let ds = shapes(7);
     let indices = [9u64, 0, 9, 123_456_789_012, 5, 2, 31, 8];
-    let stacked: Vec<u32> = indices
-        .iter()
-        .flat_map(|&i| bits(&ds.sample(i).0))
-        .collect();
+    let stacked: Vec<u32> = indices.iter().flat_map(|&i| bits(&ds.sample(i).0)).collect();
     let mut results = Vec::new();
     for threads in [1, 3] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let (images, captions, labels) = pool.install(|| ds.batch(&indices));
         assert_eq!(images.shape(), &[8, 3, 32, 32]);
-        assert_eq!(
-            bits(&images),
-            stacked,
-            "batch with {threads} threads ≠ stacked samples"
-        );
+        assert_eq!(bits(&images), stacked, "batch with {threads} threads ≠ stacked samples");
         for (k, &i) in indices.iter().enumerate() {
             let (_, c, l) = ds.sample(i);
             assert_eq!((&captions[k], labels[k]), (&c, l));
@@ -91,29 +70,11 @@ fn shapes_batch_equals_stacked_samples_at_any_thread_count() {
 
 #[test]
 fn shapes_config_is_validated_and_size_is_configurable() {
-    for bad in [
-        ShapesConfig {
-            size: 8,
-            supersample: 4,
-        },
-        ShapesConfig {
-            size: 32,
-            supersample: 0,
-        },
-    ] {
-        let err = ShapesDataset::new(bad.clone(), 0)
-            .err()
-            .expect("invalid config accepted");
+    for bad in [ShapesConfig { size: 8, supersample: 4 }, ShapesConfig { size: 32, supersample: 0 }] {
+        let err = ShapesDataset::new(bad.clone(), 0).err().expect("invalid config accepted");
         println!("{bad:?}: {err}");
     }
-    let ds = ShapesDataset::new(
-        ShapesConfig {
-            size: 48,
-            supersample: 2,
-        },
-        0,
-    )
-    .unwrap();
+    let ds = ShapesDataset::new(ShapesConfig { size: 48, supersample: 2 }, 0).unwrap();
     let (images, _, _) = ds.batch(&[0, 1]);
     assert_eq!(images.shape(), &[2, 3, 48, 48]);
     assert_eq!(ds.mask(1).shape(), &[48, 48]);
@@ -137,17 +98,9 @@ fn shapes_every_caption_parses_back_to_its_label() {
     let free_form = parse_caption("A small red triangle, at the Top-Left.").unwrap();
     assert_eq!(
         free_form,
-        ShapeLabel {
-            shape: Shape::Triangle,
-            color: Color::Red,
-            position: Position::TopLeft,
-            size: Size::Small
-        }
+        ShapeLabel { shape: Shape::Triangle, color: Color::Red, position: Position::TopLeft, size: Size::Small }
     );
-    assert_eq!(
-        caption_of(&free_form),
-        "a small red triangle at the top left"
-    );
+    assert_eq!(caption_of(&free_form), "a small red triangle at the top left");
     for bad in [
         "",
         "a red triangle at the top left",
@@ -163,10 +116,7 @@ fn shapes_every_caption_parses_back_to_its_label() {
 fn shapes_all_prompts_are_unique_and_cover_every_combination() {
     let prompts = all_prompts();
     assert_eq!(prompts.len(), ShapeLabel::COUNT);
-    assert_eq!(
-        ShapeLabel::COUNT,
-        Shape::ALL.len() * Color::ALL.len() * Position::ALL.len() * Size::ALL.len()
-    );
+    assert_eq!(ShapeLabel::COUNT, Shape::ALL.len() * Color::ALL.len() * Position::ALL.len() * Size::ALL.len());
     let unique: HashSet<&String> = prompts.iter().collect();
     assert_eq!(unique.len(), prompts.len(), "duplicate prompts");
     let labels: HashSet<ShapeLabel> = prompts.iter().map(|p| parse_caption(p).unwrap()).collect();
@@ -174,12 +124,7 @@ fn shapes_all_prompts_are_unique_and_cover_every_combination() {
         for &color in Color::ALL {
             for &position in Position::ALL {
                 for &size in Size::ALL {
-                    assert!(labels.contains(&ShapeLabel {
-                        shape,
-                        color,
-                        position,
-                        size
-                    }));
+                    assert!(labels.contains(&ShapeLabel { shape, color, position, size }));
                 }
             }
         }
@@ -208,11 +153,7 @@ fn shapes_vocabulary_covers_every_caption() {
             used.insert(w);
         }
     }
-    assert_eq!(
-        used.len() + 3,
-        vocab.len(),
-        "vocabulary has words no caption uses"
-    );
+    assert_eq!(used.len() + 3, vocab.len(), "vocabulary has words no caption uses");
     let tok = Tokenizer::new(vocab, DEFAULT_MAX_LEN).unwrap();
     for p in all_prompts() {
         tok.encode(&p).unwrap();
@@ -253,16 +194,8 @@ fn shapes_pixels_show_the_caption() {
     let mut area = std::collections::HashMap::<(Shape, Size), (f32, f32)>::new();
     for i in 0..400 {
         let (image, caption, label) = ds.sample(i);
-        let img: Vec<f32> = image
-            .to_vec_f32()
-            .unwrap()
-            .iter()
-            .map(|v| (v + 1.0) / 2.0)
-            .collect();
-        assert!(
-            img.iter().all(|v| (0.0..=1.0).contains(v)),
-            "sample {i} outside [-1, 1]"
-        );
+        let img: Vec<f32> = image.to_vec_f32().unwrap().iter().map(|v| (v + 1.0) / 2.0).collect();
+        assert!(img.iter().all(|v| (0.0..=1.0).contains(v)), "sample {i} outside [-1, 1]");
         let mask = ds.mask(i).to_vec_f32().unwrap();
         let (mut sum, mut count) = ([0.0f32; 3], 0.0f32);
         let (mut cx, mut cy, mut total) = (0.0f32, 0.0f32, 0.0f32);
@@ -282,76 +215,38 @@ fn shapes_pixels_show_the_caption() {
                 }
             }
         }
-        assert!(
-            count >= 4.0,
-            "sample {i} ({caption}) has only {count} full shape pixels"
-        );
+        assert!(count >= 4.0, "sample {i} ({caption}) has only {count} full shape pixels");
         let mean = sum.map(|s| s / count);
         min_shape_max = min_shape_max.min(mean.iter().copied().fold(0.0, f32::max));
-        assert_eq!(
-            Color::nearest(mean),
-            label.color,
-            "sample {i} ({caption}): mean {mean:?}"
-        );
+        assert_eq!(Color::nearest(mean), label.color, "sample {i} ({caption}): mean {mean:?}");
         // How much nearer the caption's color is than the runner-up.
-        let d = |c: Color| {
-            (0..3)
-                .map(|k| (c.rgb()[k] - mean[k]).powi(2))
-                .sum::<f32>()
-                .sqrt()
-        };
-        let runner_up = Color::ALL
-            .iter()
-            .filter(|&&c| c != label.color)
-            .map(|&c| d(c))
-            .fold(f32::INFINITY, f32::min);
+        let d = |c: Color| (0..3).map(|k| (c.rgb()[k] - mean[k]).powi(2)).sum::<f32>().sqrt();
+        let runner_up = Color::ALL.iter().filter(|&&c| c != label.color).map(|&c| d(c)).fold(f32::INFINITY, f32::min);
         worst_color_margin = worst_color_margin.min(runner_up - d(label.color));
         // The shape's centroid lies in the caption's third of the image on both axes.
         let (row, col) = label.position.cell();
-        let (gx, gy) = (
-            (cx / total / 32.0 * 3.0) as usize,
-            (cy / total / 32.0 * 3.0) as usize,
-        );
-        assert_eq!(
-            (gy, gx),
-            (row, col),
-            "sample {i} ({caption}): centroid in the wrong cell"
-        );
-        let e = area
-            .entry((label.shape, label.size))
-            .or_insert((f32::INFINITY, 0.0));
+        let (gx, gy) = ((cx / total / 32.0 * 3.0) as usize, (cy / total / 32.0 * 3.0) as usize);
+        assert_eq!((gy, gx), (row, col), "sample {i} ({caption}): centroid in the wrong cell");
+        let e = area.entry((label.shape, label.size)).or_insert((f32::INFINITY, 0.0));
         *e = (e.0.min(total), e.1.max(total));
     }
     println!(
         "brightest background channel {max_bg:.3}, dimmest shape (max channel of mean) \
          {min_shape_max:.3}, worst color margin {worst_color_margin:.3}"
     );
-    assert!(
-        max_bg < 0.45 && min_shape_max > 0.75,
-        "background and shape colors overlap"
-    );
+    assert!(max_bg < 0.45 && min_shape_max > 0.75, "background and shape colors overlap");
     for &shape in Shape::ALL {
         let (small, large) = (area[&(shape, Size::Small)], area[&(shape, Size::Large)]);
-        println!(
-            "{shape:?}: small area {:.1}..{:.1} px, large {:.1}..{:.1} px",
-            small.0, small.1, large.0, large.1
-        );
-        assert!(
-            small.1 < large.0,
-            "{shape:?}: small and large areas overlap"
-        );
+        println!("{shape:?}: small area {:.1}..{:.1} px, large {:.1}..{:.1} px", small.0, small.1, large.0, large.1);
+        assert!(small.1 < large.0, "{shape:?}: small and large areas overlap");
     }
 }
 
 #[test]
 fn shapes_sample_with_label_draws_the_requested_shape() {
     let ds = shapes(3);
-    let label = ShapeLabel {
-        shape: Shape::Cross,
-        color: Color::Blue,
-        position: Position::BottomRight,
-        size: Size::Large,
-    };
+    let label =
+        ShapeLabel { shape: Shape::Cross, color: Color::Blue, position: Position::BottomRight, size: Size::Large };
     let image = ds.sample_with_label(10, label).to_vec_f32().unwrap();
     let (drawn, _, _) = ds.sample(10);
     assert_ne!(image, drawn.to_vec_f32().unwrap());
@@ -384,18 +279,13 @@ fn tokenizer_round_trip_padding_and_eos() {
         assert_eq!(tok.decode(&e.ids).unwrap(), p);
     }
     let e = tok.encode("A Small RED circle... in the center!").unwrap();
-    assert_eq!(
-        tok.decode(&e.ids).unwrap(),
-        "a small red circle in the center"
-    );
+    assert_eq!(tok.decode(&e.ids).unwrap(), "a small red circle in the center");
     // The empty prompt of classifier-free guidance.
     let empty = tok.encode("").unwrap();
     assert_eq!(empty.eos, 1);
     assert_eq!(&empty.ids[..3], &[tok.bos_id(), tok.eos_id(), tok.pad_id()]);
     assert_eq!(tok.pad_id(), 0, "the shapes vocabulary puts <pad> first");
-    let batch = tok
-        .encode_batch(&["", "a large blue star on the left"])
-        .unwrap();
+    let batch = tok.encode_batch(&["", "a large blue star on the left"]).unwrap();
     assert_eq!(batch.ids.len(), 2 * DEFAULT_MAX_LEN);
     assert_eq!(batch.eos, vec![1, 8]);
     assert_eq!(&batch.ids[..DEFAULT_MAX_LEN], &empty.ids[..]);
@@ -412,15 +302,9 @@ fn tokenizer_truncates_like_clip() {
 #[test]
 fn tokenizer_unknown_words() {
     let tok = shapes_tokenizer();
-    let err = tok
-        .encode("a small red hexagon at the topp")
-        .unwrap_err()
-        .to_string();
+    let err = tok.encode("a small red hexagon at the topp").unwrap_err().to_string();
     println!("{err}");
-    assert!(
-        err.contains("'hexagon'") && err.contains("'topp'") && err.contains("triangle"),
-        "{err}"
-    );
+    assert!(err.contains("'hexagon'") && err.contains("'topp'") && err.contains("triangle"), "{err}");
     let mut vocab = vocabulary();
     vocab.push(UNK.to_string());
     let tok = Tokenizer::new(vocab, DEFAULT_MAX_LEN).unwrap();
@@ -457,8 +341,7 @@ fn tokenizer_vocab_file_round_trip() {
         back.encode("a large white cross at the bottom").unwrap(),
         tok.encode("a large white cross at the bottom").unwrap()
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(json["max_len"], 16);
     std::fs::write(&path, "{\"max_len\": 16}").unwrap();
     let err = Tokenizer::load(&path).unwrap_err().to_string();
@@ -478,11 +361,7 @@ fn rgb_image(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> image::RgbImage
 }
 
 fn pattern(x: u32, y: u32) -> [u8; 3] {
-    [
-        (x * 7 % 256) as u8,
-        (y * 11 % 256) as u8,
-        ((x + y) * 5 % 256) as u8,
-    ]
+    [(x * 7 % 256) as u8, (y * 11 % 256) as u8, ((x + y) * 5 % 256) as u8]
 }
 
 fn value(b: u8) -> f32 {
@@ -540,10 +419,7 @@ fn image_folder_with_txt_captions() {
     let at = |x: usize, y: usize| (c[y * 32 + x] + 1.0) / 2.0 * 255.0;
     println!("gray image: top {:.1}, bottom {:.1}", at(16, 2), at(16, 29));
     assert!((at(16, 2) - 30.0).abs() < 4.0 && (at(16, 29) - 220.0).abs() < 4.0);
-    assert!(
-        (0..1024).all(|p| c[p] == c[1024 + p] && c[p] == c[2048 + p]),
-        "gray → equal channels"
-    );
+    assert!((0..1024).all(|p| c[p] == c[1024 + p] && c[p] == c[2048 + p]), "gray → equal channels");
 
     let (batch, caps) = folder.batch(&[2, 0]).unwrap();
     assert_eq!(batch.shape(), &[2, 3, 32, 32]);
@@ -554,13 +430,7 @@ fn image_folder_with_txt_captions() {
 
     // Downscaling averages (the filter widens): a 1-px checkerboard becomes flat gray.
     let checker = dir.join("checker.png");
-    rgb_image(
-        64,
-        64,
-        |x, y| if (x + y) % 2 == 0 { [0; 3] } else { [255; 3] },
-    )
-    .save(&checker)
-    .unwrap();
+    rgb_image(64, 64, |x, y| if (x + y) % 2 == 0 { [0; 3] } else { [255; 3] }).save(&checker).unwrap();
     let small = load_image(&checker, 16).unwrap();
     let spread = small.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     println!("checkerboard downscaled 4×: max |v| {spread:.4}");
@@ -573,9 +443,7 @@ fn image_folder_with_metadata_jsonl() {
     let dir = temp_dir("jsonl");
     std::fs::create_dir(dir.join("sub")).unwrap();
     rgb_image(20, 20, pattern).save(dir.join("x.png")).unwrap();
-    rgb_image(20, 20, pattern)
-        .save(dir.join("sub/y.png"))
-        .unwrap();
+    rgb_image(20, 20, pattern).save(dir.join("sub/y.png")).unwrap();
     // A .txt beside an image is ignored when metadata.jsonl exists.
     std::fs::write(dir.join("x.txt"), "ignored").unwrap();
     std::fs::write(
@@ -596,10 +464,7 @@ fn image_folder_with_metadata_jsonl() {
 fn image_folder_errors_name_the_file() {
     // An empty folder, and a folder that does not exist.
     let dir = temp_dir("empty");
-    assert_error_names(
-        ImageFolder::open(&dir, 32).err().unwrap(),
-        &dir.display().to_string(),
-    );
+    assert_error_names(ImageFolder::open(&dir, 32).err().unwrap(), &dir.display().to_string());
     let missing = dir.join("nope");
     assert_error_names(ImageFolder::open(&missing, 32).err().unwrap(), "nope");
 
@@ -613,9 +478,7 @@ fn image_folder_errors_name_the_file() {
 
     // A missing caption.
     let dir = temp_dir("nocaption");
-    rgb_image(8, 8, pattern)
-        .save(dir.join("lonely.png"))
-        .unwrap();
+    rgb_image(8, 8, pattern).save(dir.join("lonely.png")).unwrap();
     let msg = assert_error_names(ImageFolder::open(&dir, 32).err().unwrap(), "lonely.png");
     assert!(msg.contains("lonely.txt"), "{msg}");
 
@@ -627,18 +490,9 @@ fn image_folder_errors_name_the_file() {
     let meta = dir.join(METADATA_FILE);
     let line1 = "{\"file_name\": \"one.png\", \"text\": \"1\"}";
     for (content, named) in [
-        (
-            format!("{line1}\n{{\"file_name\": \"two.png\", \"caption\": \"2\"}}\n"),
-            format!("{}:2", meta.display()),
-        ),
-        (
-            format!("{line1}\nnot json\n"),
-            format!("{}:2", meta.display()),
-        ),
-        (
-            format!("{line1}\n{{\"file_name\": \"three.png\", \"text\": \"3\"}}\n"),
-            format!("{}:2", meta.display()),
-        ),
+        (format!("{line1}\n{{\"file_name\": \"two.png\", \"caption\": \"2\"}}\n"), format!("{}:2", meta.display())),
+        (format!("{line1}\nnot json\n"), format!("{}:2", meta.display())),
+        (format!("{line1}\n{{\"file_name\": \"three.png\", \"text\": \"3\"}}\n"), format!("{}:2", meta.display())),
         (format!("{line1}\n"), "two.png".to_string()),
         (
             format!("{line1}\n{{\"file_name\": \"two.png\", \"text\": \"2\"}}\n{line1}\n"),
@@ -663,11 +517,7 @@ fn png_grid_round_trip() {
     let images = Tensor::rand(&[b, 3, h, w], -1.2, 1.2, &mut Philox::new(3));
     let values = images.to_vec_f32().unwrap();
     let path = dir.join("grid.png");
-    let layout = GridLayout {
-        cols: 3,
-        pad: 1,
-        zoom: 1,
-    };
+    let layout = GridLayout { cols: 3, pad: 1, zoom: 1 };
     write_png_grid(&path, &images, layout).unwrap();
     let png = image::open(&path).unwrap().to_rgb8();
     assert_eq!((png.width(), png.height()), (3 * 9 + 4, 2 * 7 + 3));
@@ -685,10 +535,7 @@ fn png_grid_round_trip() {
             }
         }
     }
-    println!(
-        "PNG round trip: max error {max_err:.5} (budget {:.5})",
-        1.0 / 255.0
-    );
+    println!("PNG round trip: max error {max_err:.5} (budget {:.5})", 1.0 / 255.0);
     assert!(max_err <= 0.5 / 255.0 + 1e-6);
     // Padding, and the empty sixth tile, are gray.
     assert_eq!(png.get_pixel(0, 0).0, [128; 3]);
@@ -697,15 +544,7 @@ fn png_grid_round_trip() {
 
     // Zoom repeats pixels; one [3, H, W] image is a one-tile grid.
     let one = Tensor::rand(&[3, 4, 5], -1.0, 1.0, &mut Philox::new(4));
-    let zoomed = grid_rgb8(
-        &one,
-        GridLayout {
-            cols: 1,
-            pad: 0,
-            zoom: 3,
-        },
-    )
-    .unwrap();
+    let zoomed = grid_rgb8(&one, GridLayout { cols: 1, pad: 0, zoom: 3 }).unwrap();
     assert_eq!((zoomed.width, zoomed.height), (15, 12));
     let v = one.to_vec_f32().unwrap();
     for (y, x) in [(0, 0), (11, 14), (5, 7)] {
@@ -713,19 +552,12 @@ fn png_grid_round_trip() {
     }
     write_png(dir.join("zoomed.png"), &zoomed).unwrap();
     // Nothing but the two PNGs is left behind (the writes are atomic).
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["grid.png", "zoomed.png"]);
 
-    let err = write_png_grid(
-        dir.join("x.png"),
-        &Tensor::zeros(&[2, 4, 5, 5]),
-        GridLayout::square(2),
-    )
-    .unwrap_err();
+    let err = write_png_grid(dir.join("x.png"), &Tensor::zeros(&[2, 4, 5, 5]), GridLayout::square(2)).unwrap_err();
     println!("{err}");
     assert!(!Path::new(&dir.join("x.png")).exists());
     std::fs::remove_dir_all(dir).unwrap();
@@ -743,11 +575,7 @@ fn cli_data_preview() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ds = shapes(3);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 5);
@@ -756,9 +584,6 @@ fn cli_data_preview() {
     }
     // 5 images → 3 columns, 2 rows of 32 px with 2 px padding.
     let png = image::open(&out_png).unwrap();
-    assert_eq!(
-        (png.width(), png.height()),
-        (3 * 32 + 4 * 2, 2 * 32 + 3 * 2)
-    );
+    assert_eq!((png.width(), png.height()), (3 * 32 + 4 * 2, 2 * 32 + 3 * 2));
     std::fs::remove_dir_all(dir).unwrap();
 }

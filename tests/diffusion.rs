@@ -77,7 +77,8 @@ fn sigma_samplers_have_the_right_moments() {
     let logits: Vec<f64> = l.iter().map(|&s| (s as f64 / (1.0 - s as f64)).ln()).collect();
     let m = logits.iter().sum::<f64>() / n as f64;
     let var = logits.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n as f64;
-    assert!(m.abs() < 1e-2 && (var - 1.0).abs() < 2e-2, "logit-normal logit mean {m} var {var}"); // se 2e-3, 2.8e-3
+    assert!(m.abs() < 1e-2 && (var - 1.0).abs() < 2e-2, "logit-normal logit mean {m} var {var}");
+    // se 2e-3, 2.8e-3
 }
 
 /// Data x0 ~ N(μ, s²) per coordinate. Then x_σ is Gaussian and the exact velocity is

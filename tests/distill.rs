@@ -41,7 +41,13 @@ fn networks(cfg: &DistillConfig) -> Result<Networks> {
     vc.num_hidden_layers = 2;
     let backbone = VitBackbone::new(Dinov2Model::new(vc, &VarBuilder::fresh(&vs, DType::F32, 2).frozen())?);
     let hs = ParamStore::new();
-    let heads = DiscHeads::new(&VarBuilder::fresh(&hs, DType::F32, 3), &backbone.level_dims(), demo::text_config().hidden_size, cfg.disc_channels, 4)?;
+    let heads = DiscHeads::new(
+        &VarBuilder::fresh(&hs, DType::F32, 3),
+        &backbone.level_dims(),
+        demo::text_config().hidden_size,
+        cfg.disc_channels,
+        4,
+    )?;
     Ok(Networks {
         teacher: Transformer::Mmdit(teacher),
         generator: Transformer::Mmdit(generator),
@@ -78,7 +84,8 @@ fn run(stop_at: Option<u64>, dir: &RunDir) -> Result<Vec<IterLog>> {
     let cfg = config()?;
     let nets = networks(&cfg)?;
     let ts = ParamStore::new();
-    let text = DemoTextEncoder::new(&VarBuilder::fresh(&ts, DType::F32, 5).frozen(), demo::tokenizer()?, demo::text_config())?;
+    let text =
+        DemoTextEncoder::new(&VarBuilder::fresh(&ts, DType::F32, 5).frozen(), demo::tokenizer()?, demo::text_config())?;
     let data = ShapesDataset::new(ShapesConfig { size: demo::IMAGE_SIZE, ..Default::default() }, 9)?;
     distill::run(&nets, &cfg, &DemoDistillData { data: &data, text: &text }, dir, stop_at)
 }
@@ -120,7 +127,12 @@ fn resumed_run_reproduces_the_uninterrupted_one() -> Result<()> {
 #[test]
 fn config_overrides_and_errors() -> Result<()> {
     let mut cfg = DistillConfig::preset("demo")?;
-    cfg.apply_overrides(&["ida=false".into(), "adv_weight=one".into(), "dmd_guidance={ lo = 1.5, hi = 2.5 }".into(), "anchors=[999, 499]".into()])?;
+    cfg.apply_overrides(&[
+        "ida=false".into(),
+        "adv_weight=one".into(),
+        "dmd_guidance={ lo = 1.5, hi = 2.5 }".into(),
+        "anchors=[999, 499]".into(),
+    ])?;
     assert!(!cfg.ida);
     assert_eq!(cfg.anchors, vec![999, 499]);
     assert_eq!(cfg.dmd_guidance.hi, 2.5);

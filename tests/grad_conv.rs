@@ -10,11 +10,7 @@ use senseflow::{DType, Result, Tensor};
 /// conv and upsampling are linear in each input, so central differences carry only
 /// f32 roundoff, O(u·|L|/eps) ≈ 3e-5 of the scale here: a tighter budget than the
 /// default, which is sized for curvature.
-const GC: GradCheck = GradCheck {
-    eps: 1e-2,
-    tol: 2e-4,
-    max_probes: 64,
-};
+const GC: GradCheck = GradCheck { eps: 1e-2, tol: 2e-4, max_probes: 64 };
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn(shape, &mut Philox::new(seed))
@@ -28,14 +24,10 @@ fn conv2d_stride_padding_bias() -> Result<()> {
     for stride in [(1, 1), (2, 2), (2, 1)] {
         for padding in [(0, 0), (1, 1), (1, 0)] {
             let name = format!("conv2d s{stride:?} p{padding:?}");
-            GC.run(
-                &format!("{name} bias"),
-                &[x.clone(), w.clone(), b.clone()],
-                |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), stride, padding),
-            )?;
-            GC.run(&name, &[x.clone(), w.clone()], |t| {
-                ops::conv2d(&t[0], &t[1], None, stride, padding)
+            GC.run(&format!("{name} bias"), &[x.clone(), w.clone(), b.clone()], |t| {
+                ops::conv2d(&t[0], &t[1], Some(&t[2]), stride, padding)
             })?;
+            GC.run(&name, &[x.clone(), w.clone()], |t| ops::conv2d(&t[0], &t[1], None, stride, padding))?;
         }
     }
     Ok(())
@@ -49,42 +41,29 @@ fn conv2d_pointwise_and_odd_kernels() -> Result<()> {
     GC.run("conv2d 1x1", &[x.clone(), w1.clone(), b.clone()], |t| {
         ops::conv2d(&t[0], &t[1], Some(&t[2]), (1, 1), (0, 0))
     })?;
-    GC.run("conv2d 1x1 s2 p1", &[x.clone(), w1], |t| {
-        ops::conv2d(&t[0], &t[1], None, (2, 2), (1, 1))
-    })?;
+    GC.run("conv2d 1x1 s2 p1", &[x.clone(), w1], |t| ops::conv2d(&t[0], &t[1], None, (2, 2), (1, 1)))?;
     let w23 = randn(&[4, 3, 2, 3], 7);
-    GC.run(
-        "conv2d 2x3 s(1,2) p(1,2)",
-        &[x.clone(), w23, b.clone()],
-        |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), (1, 2), (1, 2)),
-    )?;
+    GC.run("conv2d 2x3 s(1,2) p(1,2)", &[x.clone(), w23, b.clone()], |t| {
+        ops::conv2d(&t[0], &t[1], Some(&t[2]), (1, 2), (1, 2))
+    })?;
     // Kernel as large as the padded input: a single output position.
     let wfull = randn(&[2, 3, 9, 5], 8);
-    GC.run("conv2d full-size kernel", &[x, wfull], |t| {
-        ops::conv2d(&t[0], &t[1], None, (1, 1), (1, 0))
-    })?;
+    GC.run("conv2d full-size kernel", &[x, wfull], |t| ops::conv2d(&t[0], &t[1], None, (1, 1), (1, 0)))?;
     Ok(())
 }
 
 #[test]
 fn conv2d_threading_paths() -> Result<()> {
-    let gc = GradCheck {
-        max_probes: 24,
-        ..GC
-    };
+    let gc = GradCheck { max_probes: 24, ..GC };
     // Several images with enough work: images in parallel, weight gradient reduced.
     let x = randn(&[3, 6, 9, 8], 9);
     let w = randn(&[8, 6, 3, 3], 10).scale(0.2)?;
     let b = randn(&[8], 11);
-    gc.run("conv2d batch-parallel", &[x, w, b], |t| {
-        ops::conv2d(&t[0], &t[1], Some(&t[2]), (1, 1), (1, 1))
-    })?;
+    gc.run("conv2d batch-parallel", &[x, w, b], |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), (1, 1), (1, 1)))?;
     // One image with a large product: threaded GEMM.
     let x = randn(&[1, 8, 16, 16], 12);
     let w = randn(&[16, 8, 3, 3], 13).scale(0.2)?;
-    gc.run("conv2d one image, threaded gemm", &[x, w], |t| {
-        ops::conv2d(&t[0], &t[1], None, (2, 1), (1, 1))
-    })?;
+    gc.run("conv2d one image, threaded gemm", &[x, w], |t| ops::conv2d(&t[0], &t[1], None, (2, 1), (1, 1)))?;
     Ok(())
 }
 
@@ -108,14 +87,11 @@ fn conv2d_matches_direct_loops() -> Result<()> {
                     for ci in 0..cin {
                         for i in 0..kh {
                             for j in 0..kw {
-                                let (ih, iw) = (
-                                    (oh * sh + i) as isize - ph as isize,
-                                    (ow * sw + j) as isize - pw as isize,
-                                );
+                                let (ih, iw) =
+                                    ((oh * sh + i) as isize - ph as isize, (ow * sw + j) as isize - pw as isize);
                                 if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
                                     let xi = ((b * cin + ci) * h + ih as usize) * w + iw as usize;
-                                    s += xv[xi] as f64
-                                        * wv[((co * cin + ci) * kh + i) * kw + j] as f64;
+                                    s += xv[xi] as f64 * wv[((co * cin + ci) * kh + i) * kw + j] as f64;
                                 }
                             }
                         }
@@ -136,18 +112,8 @@ fn conv2d_low_precision_storage() -> Result<()> {
     let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
     let y = ops::conv2d(&xb, &wb, None, (1, 1), (1, 1))?;
     assert_eq!(y.dtype(), DType::BF16);
-    let want = ops::conv2d(
-        &xb.to_dtype(DType::F32)?,
-        &wb.to_dtype(DType::F32)?,
-        None,
-        (1, 1),
-        (1, 1),
-    )?;
-    let want: Vec<f32> = want
-        .to_vec_f32()?
-        .iter()
-        .map(|&v| senseflow::tensor::bf16_round(v))
-        .collect();
+    let want = ops::conv2d(&xb.to_dtype(DType::F32)?, &wb.to_dtype(DType::F32)?, None, (1, 1), (1, 1))?;
+    let want: Vec<f32> = want.to_vec_f32()?.iter().map(|&v| senseflow::tensor::bf16_round(v)).collect();
     assert_eq!(y.to_vec_f32()?, want);
     Ok(())
 }
@@ -156,26 +122,11 @@ fn conv2d_low_precision_storage() -> Result<()> {
 fn conv2d_shape_errors() -> Result<()> {
     let x = randn(&[2, 3, 7, 5], 19);
     let w = randn(&[4, 3, 3, 3], 20);
-    assert!(
-        ops::conv2d(&x, &randn(&[4, 2, 3, 3], 21), None, (1, 1), (0, 0)).is_err(),
-        "channel mismatch"
-    );
-    assert!(
-        ops::conv2d(&x, &randn(&[4, 3, 9, 3], 22), None, (1, 1), (0, 0)).is_err(),
-        "kernel taller than input"
-    );
-    assert!(
-        ops::conv2d(&x, &w, Some(&randn(&[3], 23)), (1, 1), (0, 0)).is_err(),
-        "bias length"
-    );
-    assert!(
-        ops::conv2d(&x, &w, None, (0, 1), (0, 0)).is_err(),
-        "zero stride"
-    );
-    assert!(
-        ops::conv2d(&randn(&[3, 7, 5], 24), &w, None, (1, 1), (0, 0)).is_err(),
-        "3-d input"
-    );
+    assert!(ops::conv2d(&x, &randn(&[4, 2, 3, 3], 21), None, (1, 1), (0, 0)).is_err(), "channel mismatch");
+    assert!(ops::conv2d(&x, &randn(&[4, 3, 9, 3], 22), None, (1, 1), (0, 0)).is_err(), "kernel taller than input");
+    assert!(ops::conv2d(&x, &w, Some(&randn(&[3], 23)), (1, 1), (0, 0)).is_err(), "bias length");
+    assert!(ops::conv2d(&x, &w, None, (0, 1), (0, 0)).is_err(), "zero stride");
+    assert!(ops::conv2d(&randn(&[3, 7, 5], 24), &w, None, (1, 1), (0, 0)).is_err(), "3-d input");
     assert!(ops::upsample_nearest2d(&x, 0).is_err(), "zero factor");
     Ok(())
 }
@@ -184,11 +135,7 @@ fn conv2d_shape_errors() -> Result<()> {
 fn upsample_nearest() -> Result<()> {
     let x = randn(&[2, 3, 5, 7], 25);
     for f in [1, 2, 3] {
-        GC.run(
-            &format!("upsample_nearest2d x{f}"),
-            std::slice::from_ref(&x),
-            |t| ops::upsample_nearest2d(&t[0], f),
-        )?;
+        GC.run(&format!("upsample_nearest2d x{f}"), std::slice::from_ref(&x), |t| ops::upsample_nearest2d(&t[0], f))?;
     }
     let y = x.upsample_nearest2d(3)?;
     assert_eq!(y.shape(), &[2, 3, 15, 21]);

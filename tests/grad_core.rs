@@ -34,7 +34,8 @@ fn unary_activations() -> Result<()> {
     let gc = GradCheck::default();
     let x = randn(&[3, 5, 7], 3);
     // Keep probes away from kinks (relu, abs at 0) by more than eps.
-    let away: Vec<f32> = x.to_vec_f32()?.iter().map(|v| if v.abs() < 0.05 { v.signum() * 0.05 + v } else { *v }).collect();
+    let away: Vec<f32> =
+        x.to_vec_f32()?.iter().map(|v| if v.abs() < 0.05 { v.signum() * 0.05 + v } else { *v }).collect();
     let x = Tensor::from_vec(away, x.shape())?;
     let pos = rand(&[3, 5, 7], 0.5, 2.0, 4);
     for op in [
@@ -88,7 +89,8 @@ fn matmul_matches_naive() -> Result<()> {
     for bi in 0..b {
         for i in 0..m {
             for j in 0..n {
-                let s: f64 = (0..k).map(|p| av[bi * m * k + i * k + p] as f64 * wv[bi * n * k + j * k + p] as f64).sum();
+                let s: f64 =
+                    (0..k).map(|p| av[bi * m * k + i * k + p] as f64 * wv[bi * n * k + j * k + p] as f64).sum();
                 want[bi * m * n + i * n + j] = s as f32;
             }
         }

@@ -14,9 +14,7 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 /// FLUX-style position ids [N, 3]: (0, row, col) of an image grid, col-major so the
 /// three axes all vary.
 fn grid_ids(n: usize) -> Tensor {
-    let v = (0..n)
-        .flat_map(|i| [0.0, (i % 5) as f32, (i / 5) as f32 + 0.5])
-        .collect();
+    let v = (0..n).flat_map(|i| [0.0, (i % 5) as f32, (i / 5) as f32 + 0.5]).collect();
     Tensor::from_vec(v, &[n, 3]).unwrap()
 }
 
@@ -25,25 +23,15 @@ fn rope_grad() -> Result<()> {
     let gc = GradCheck::default();
     // Arbitrary (not unit-norm) cos/sin with distinct values in each pair's two
     // columns, so a swapped index cannot cancel out.
-    let (x, cos, sin) = (
-        randn(&[3, 5, 7, 6], 1),
-        randn(&[7, 6], 2),
-        randn(&[7, 6], 3),
-    );
+    let (x, cos, sin) = (randn(&[3, 5, 7, 6], 1), randn(&[7, 6], 2), randn(&[7, 6], 3));
     gc.run("rope/random tables", &[x], |t| ops::rope(&t[0], &cos, &sin))?;
     let (cos, sin) = ops::flux_rope_cos_sin(&grid_ids(11), &[4, 6, 6], 10000.0)?;
-    gc.run("rope/flux tables", &[randn(&[2, 3, 11, 16], 4)], |t| {
-        t[0].rope(&cos, &sin)
-    })
+    gc.run("rope/flux tables", &[randn(&[2, 3, 11, 16], 4)], |t| t[0].rope(&cos, &sin))
 }
 
 #[test]
 fn rope_matches_formula() -> Result<()> {
-    let (x, cos, sin) = (
-        randn(&[2, 3, 7, 6], 5),
-        randn(&[7, 6], 6),
-        randn(&[7, 6], 7),
-    );
+    let (x, cos, sin) = (randn(&[2, 3, 7, 6], 5), randn(&[7, 6], 6), randn(&[7, 6], 7));
     let y = ops::rope(&x, &cos, &sin)?.to_vec_f32()?;
     let (xv, c, s) = (x.to_vec_f32()?, cos.to_vec_f32()?, sin.to_vec_f32()?);
     let mut want = vec![0f32; xv.len()];
@@ -109,46 +97,28 @@ fn rope_shape_errors() {
 #[test]
 fn embedding_grad() -> Result<()> {
     // Repeated ids: the table gradient must sum their rows.
-    let ids = Tensor::from_vec(
-        vec![
-            3.0, 0.0, 10.0, 3.0, 7.0, 3.0, 1.0, 10.0, 0.0, 5.0, 2.0, 9.0, 3.0, 4.0, 6.0,
-        ],
-        &[3, 5],
-    )?;
+    let ids =
+        Tensor::from_vec(vec![3.0, 0.0, 10.0, 3.0, 7.0, 3.0, 1.0, 10.0, 0.0, 5.0, 2.0, 9.0, 3.0, 4.0, 6.0], &[3, 5])?;
     let table = randn(&[11, 6], 13);
-    GradCheck::default().run("embedding", std::slice::from_ref(&table), |t| {
-        ops::embedding(&ids, &t[0])
-    })?;
+    GradCheck::default().run("embedding", std::slice::from_ref(&table), |t| ops::embedding(&ids, &t[0]))?;
     let y = ops::embedding(&ids, &table)?;
     assert_eq!(y.shape(), [3, 5, 6]);
     let (yv, tv) = (y.to_vec_f32()?, table.to_vec_f32()?);
     assert_eq!(&yv[12..18], &tv[60..66], "position 2 holds row 10");
     let u: Vec<u32> = ids.to_vec_f32()?.iter().map(|&x| x as u32).collect();
-    check_close(
-        "embedding_u32 vs embedding",
-        &ops::embedding_u32(&u, &[3, 5], &table)?.to_vec_f32()?,
-        &yv,
-        0.0,
-    )
+    check_close("embedding_u32 vs embedding", &ops::embedding_u32(&u, &[3, 5], &table)?.to_vec_f32()?, &yv, 0.0)
 }
 
 #[test]
 fn embedding_rejects_bad_ids() {
     let table = randn(&[11, 6], 14);
-    let e = ops::embedding(&Tensor::from_vec(vec![1.0, 11.0], &[2]).unwrap(), &table)
-        .unwrap_err()
-        .to_string();
+    let e = ops::embedding(&Tensor::from_vec(vec![1.0, 11.0], &[2]).unwrap(), &table).unwrap_err().to_string();
     println!("{e}");
     assert!(e.contains("id 11") && e.contains("0..11"), "{e}");
     for bad in [-1.0, 2.5, f32::NAN] {
-        assert!(
-            ops::embedding(&Tensor::from_vec(vec![bad], &[1]).unwrap(), &table).is_err(),
-            "id {bad}"
-        );
+        assert!(ops::embedding(&Tensor::from_vec(vec![bad], &[1]).unwrap(), &table).is_err(), "id {bad}");
     }
-    let e = ops::embedding_u32(&[0, 12], &[2], &table)
-        .unwrap_err()
-        .to_string();
+    let e = ops::embedding_u32(&[0, 12], &[2], &table).unwrap_err().to_string();
     assert!(e.contains("id 12"), "{e}");
     assert!(ops::embedding_u32(&[0, 1, 2], &[2], &table).is_err());
     assert!(ops::embedding(&Tensor::ones(&[2]), &randn(&[11], 15)).is_err());
@@ -161,11 +131,9 @@ fn timestep_embedding_grad_and_formula() -> Result<()> {
     gc.run("timestep_embedding/flip", std::slice::from_ref(&t), |x| {
         ops::timestep_embedding(&x[0], 33, true, 0.0, 1.0, 10000.0)
     })?;
-    gc.run(
-        "timestep_embedding/shift+scale",
-        std::slice::from_ref(&t),
-        |x| ops::timestep_embedding(&x[0], 32, false, 1.0, 2.5, 5000.0),
-    )?;
+    gc.run("timestep_embedding/shift+scale", std::slice::from_ref(&t), |x| {
+        ops::timestep_embedding(&x[0], 32, false, 1.0, 2.5, 5000.0)
+    })?;
 
     // Large timesteps (σ·1000): diffusers' float32 recipe exactly (the argument is
     // formed in f32), and within the f32 rounding of the argument of the f64 formula.
@@ -186,10 +154,7 @@ fn timestep_embedding_grad_and_formula() -> Result<()> {
         }
         assert_eq!(yv[b * 33 + 32], 0.0, "odd dim pads a zero column");
     }
-    assert!(
-        ops::timestep_embedding(&big, 2, false, 1.0, 1.0, 10000.0).is_err(),
-        "dim/2 − shift = 0"
-    );
+    assert!(ops::timestep_embedding(&big, 2, false, 1.0, 1.0, 10000.0).is_err(), "dim/2 − shift = 0");
     assert!(ops::timestep_embedding(&big.reshape(&[3, 1])?, 8, false, 1.0, 1.0, 10000.0).is_err());
     Ok(())
 }

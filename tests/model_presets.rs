@@ -71,11 +71,7 @@ fn preset_parameter_counts_equal_diffusers() {
         let n = p.cfg.num_parameters().unwrap();
         let keys = p.cfg.expected_keys().unwrap();
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        println!(
-            "{:13} {n:>14} parameters, {} keys, meta builds {ms:.1} ms",
-            p.name,
-            keys.len()
-        );
+        println!("{:13} {n:>14} parameters, {} keys, meta builds {ms:.1} ms", p.name, keys.len());
         assert_eq!(n, p.parameters, "{}: parameter count", p.name);
         // A meta build is bookkeeping only: no tensor data, so it is fast at any size.
         assert!(ms < 2000.0, "{}: meta builds took {ms:.0} ms", p.name);
@@ -84,14 +80,8 @@ fn preset_parameter_counts_equal_diffusers() {
         let in_keys: usize = keys.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         match p.pos_embed_buffer {
             Some(elems) => {
-                let (_, shape) =
-                    buffer.unwrap_or_else(|| panic!("{}: no pos_embed buffer key", p.name));
-                assert_eq!(
-                    shape.iter().product::<usize>(),
-                    elems,
-                    "{}: buffer {shape:?}",
-                    p.name
-                );
+                let (_, shape) = buffer.unwrap_or_else(|| panic!("{}: no pos_embed buffer key", p.name));
+                assert_eq!(shape.iter().product::<usize>(), elems, "{}: buffer {shape:?}", p.name);
                 assert_eq!(shape.len(), 3, "{}: buffer {shape:?}", p.name);
                 assert_eq!(in_keys, p.parameters + elems, "{}: expected keys", p.name);
             }
@@ -108,11 +98,7 @@ fn preset_parameter_counts_equal_diffusers() {
     // Tens of billions of meta parameters must not have touched memory.
     if let (Some(before), Some(after)) = (rss_before, peak_rss_mib()) {
         println!("peak RSS {before:.0} MiB before, {after:.0} MiB after");
-        assert!(
-            after - before < 256.0,
-            "meta builds grew the peak RSS by {:.0} MiB",
-            after - before
-        );
+        assert!(after - before < 256.0, "meta builds grew the peak RSS by {:.0} MiB", after - before);
     }
 }
 
@@ -127,10 +113,7 @@ fn named_presets_resolve() {
     let err = mmdit::Config::preset("sd4").unwrap_err().to_string();
     assert!(err.contains("sd4") && err.contains("sd35-large"), "{err}");
     let err = flux::Config::preset("flux-pro").unwrap_err().to_string();
-    assert!(
-        err.contains("flux-pro") && err.contains("flux-dev"),
-        "{err}"
-    );
+    assert!(err.contains("flux-pro") && err.contains("flux-dev"), "{err}");
 }
 
 /// `cfg` as config.json: the serialized fields plus diffusers' metadata keys.
@@ -217,16 +200,10 @@ const FLUX_DEV_CONFIG: &str = r#"{
 fn published_config_json_parses_to_the_preset() {
     let origin = Path::new("stable-diffusion-3.5-medium/transformer/config.json");
     let v: Value = serde_json::from_str(SD35_MEDIUM_CONFIG).unwrap();
-    assert_eq!(
-        mmdit::Config::from_json(&v, origin).unwrap(),
-        mmdit::Config::sd35_medium()
-    );
+    assert_eq!(mmdit::Config::from_json(&v, origin).unwrap(), mmdit::Config::sd35_medium());
     let origin = Path::new("FLUX.1-dev/transformer/config.json");
     let v: Value = serde_json::from_str(FLUX_DEV_CONFIG).unwrap();
-    assert_eq!(
-        flux::Config::from_json(&v, origin).unwrap(),
-        flux::Config::flux_dev()
-    );
+    assert_eq!(flux::Config::from_json(&v, origin).unwrap(), flux::Config::flux_dev());
 }
 
 /// Parses `text` after `edit`, expecting an error that names the file and every word
@@ -240,14 +217,9 @@ fn expect_error<T: std::fmt::Debug>(
     let origin = Path::new("/models/teacher/transformer/config.json");
     let mut v: Value = serde_json::from_str(text).unwrap();
     edit(v.as_object_mut().unwrap());
-    let err = parse(&v, origin)
-        .expect_err("config should be rejected")
-        .to_string();
+    let err = parse(&v, origin).expect_err("config should be rejected").to_string();
     println!("{err}");
-    assert!(
-        err.contains(&origin.display().to_string()),
-        "error does not name the file: {err}"
-    );
+    assert!(err.contains(&origin.display().to_string()), "error does not name the file: {err}");
     for n in needles {
         assert!(err.contains(n), "error does not mention {n}: {err}");
     }
@@ -289,11 +261,7 @@ fn invalid_configs_name_the_file_and_field() {
         |o| {
             o.insert("_class_name".into(), json!("UNet2DConditionModel"));
         },
-        &[
-            "_class_name",
-            "UNet2DConditionModel",
-            "SD3Transformer2DModel",
-        ],
+        &["_class_name", "UNet2DConditionModel", "SD3Transformer2DModel"],
     );
     expect_error(
         fl,
@@ -301,11 +269,7 @@ fn invalid_configs_name_the_file_and_field() {
         |o| {
             o.insert("_class_name".into(), json!("SD3Transformer2DModel"));
         },
-        &[
-            "_class_name",
-            "SD3Transformer2DModel",
-            "FluxTransformer2DModel",
-        ],
+        &["_class_name", "SD3Transformer2DModel", "FluxTransformer2DModel"],
     );
     expect_error(
         fl,

@@ -25,11 +25,7 @@ use std::path::PathBuf;
 const BUDGET: f32 = 1e-4;
 
 fn case_dir(case: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/models"
-    ))
-    .join(case)
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models")).join(case)
 }
 
 fn case_json(case: &str) -> serde_json::Value {
@@ -58,11 +54,7 @@ fn check_case(
     let mut worst = (0f32, String::new());
     let mut check = |what: String, got: &Tensor, want: &Tensor| -> Result<()> {
         if got.shape() != want.shape() {
-            failures.push(format!(
-                "{what}: shape {:?}, expected {:?}",
-                got.shape(),
-                want.shape()
-            ));
+            failures.push(format!("{what}: shape {:?}, expected {:?}", got.shape(), want.shape()));
             return Ok(());
         }
         let (e, scale) = rel_err(&got.to_vec_f32()?, &want.to_vec_f32()?, 1e-12);
@@ -70,9 +62,7 @@ fn check_case(
             worst = (e, what.clone());
         }
         if e > BUDGET {
-            failures.push(format!(
-                "{what}: max|err|/scale = {e:.3e} (scale {scale:.3e})"
-            ));
+            failures.push(format!("{what}: max|err|/scale = {e:.3e} (scale {scale:.3e})"));
         }
         Ok(())
     };
@@ -83,10 +73,7 @@ fn check_case(
         .filter(|k| !k.starts_with("grad") && !k.starts_with("param_grad."))
         .collect();
     let produced: Vec<&str> = outputs.keys().map(String::as_str).collect();
-    assert_eq!(
-        produced, reference_outputs,
-        "{case}: produced outputs vs reference outputs"
-    );
+    assert_eq!(produced, reference_outputs, "{case}: produced outputs vs reference outputs");
     for (name, t) in outputs {
         check(name.clone(), t, &reference.get_as(name, DType::F32)?)?;
     }
@@ -95,9 +82,7 @@ fn check_case(
         let Some(out) = key.strip_prefix("grad_out.") else {
             continue;
         };
-        let term = outputs[out]
-            .mul(&reference.get_as(key, DType::F32)?)?
-            .sum_all()?;
+        let term = outputs[out].mul(&reference.get_as(key, DType::F32)?)?.sum_all()?;
         loss = Some(match loss {
             Some(l) => l.add(&term)?,
             None => term,
@@ -106,10 +91,7 @@ fn check_case(
     let grads = senseflow::backward(&loss.expect("a grad_out"))?;
     for (name, t) in inputs {
         let want = reference.get_as(&format!("grad.{name}"), DType::F32)?;
-        let got = grads
-            .get(t)
-            .cloned()
-            .unwrap_or_else(|| Tensor::zeros(want.shape()));
+        let got = grads.get(t).cloned().unwrap_or_else(|| Tensor::zeros(want.shape()));
         check(format!("grad.{name}"), &got, &want)?;
     }
     let mut n_params = 0;
@@ -119,14 +101,9 @@ fn check_case(
         let Some(pname) = key.strip_prefix("param_grad.") else {
             continue;
         };
-        let p = store
-            .get(pname)
-            .unwrap_or_else(|| panic!("{case}: model has no parameter '{pname}'"));
+        let p = store.get(pname).unwrap_or_else(|| panic!("{case}: model has no parameter '{pname}'"));
         let want = reference.get_as(key, DType::F32)?;
-        let got = grads
-            .get(&p)
-            .cloned()
-            .unwrap_or_else(|| Tensor::zeros(want.shape()));
+        let got = grads.get(&p).cloned().unwrap_or_else(|| Tensor::zeros(want.shape()));
         n_params += 1;
         if zero_grad.contains(&pname) {
             zero_checks.push((pname.to_string(), got));
@@ -135,21 +112,12 @@ fn check_case(
         model_scale = model_scale.max(want.to_vec_f32()?.iter().fold(0f32, |m, v| m.max(v.abs())));
         check(format!("param_grad.{pname}"), &got, &want)?;
     }
-    assert_eq!(
-        n_params,
-        store.len(),
-        "{case}: every model parameter has a reference gradient"
-    );
+    assert_eq!(n_params, store.len(), "{case}: every model parameter has a reference gradient");
     for (pname, got) in &zero_checks {
         let m = got.to_vec_f32()?.iter().fold(0f32, |m, v| m.max(v.abs()));
-        println!(
-            "{case}: {pname} (identically zero) max|grad| = {m:.3e} = {:.3e} of the largest",
-            m / model_scale
-        );
+        println!("{case}: {pname} (identically zero) max|grad| = {m:.3e} = {:.3e} of the largest", m / model_scale);
         if m > BUDGET * model_scale {
-            failures.push(format!(
-                "param_grad.{pname}: {m:.3e} should vanish (largest grad {model_scale:.3e})"
-            ));
+            failures.push(format!("param_grad.{pname}: {m:.3e} should vanish (largest grad {model_scale:.3e})"));
         }
     }
     println!(
@@ -159,12 +127,7 @@ fn check_case(
         worst.0,
         worst.1
     );
-    assert!(
-        failures.is_empty(),
-        "{case}: {} tensors over budget:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{case}: {} tensors over budget:\n{}", failures.len(), failures.join("\n"));
     Ok(())
 }
 
@@ -233,12 +196,7 @@ fn clip_text_with_projection_gelu() -> Result<()> {
 fn tokenizers_match_transformers() -> Result<()> {
     for case in ["clip_text_quick_gelu", "clip_text_projection_gelu"] {
         let check = &case_json(case)["tokenizer_check"];
-        let texts: Vec<&str> = check["texts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
+        let texts: Vec<&str> = check["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         let max_length = check["max_length"].as_u64().unwrap() as usize;
         let want: Vec<i64> = check["input_ids"]
             .as_array()
@@ -247,29 +205,16 @@ fn tokenizers_match_transformers() -> Result<()> {
             .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()))
             .collect();
         let tk = Tokenizer::from_folder(case_dir(case))?;
-        assert_eq!(
-            tk.model_max_length(),
-            Some(max_length),
-            "{case}: model_max_length"
-        );
+        assert_eq!(tk.model_max_length(), Some(max_length), "{case}: model_max_length");
         let got = tk.encode(&texts, max_length)?;
         println!("{case} ({}): {got:?}", check["source"]);
-        assert_eq!(
-            got, want,
-            "{case}: ids differ from transformers' CLIPTokenizer"
-        );
+        assert_eq!(got, want, "{case}: ids differ from transformers' CLIPTokenizer");
     }
     // The quick_gelu case's model inputs are the tokenizer's output.
-    let ids = io::load(case_dir("clip_text_quick_gelu").join("inputs.safetensors"))?
-        .get_i64("input_ids")?;
+    let ids = io::load(case_dir("clip_text_quick_gelu").join("inputs.safetensors"))?.get_i64("input_ids")?;
     let tk = Tokenizer::from_folder(case_dir("clip_text_quick_gelu"))?;
     let texts = case_json("clip_text_quick_gelu")["tokenizer_check"]["texts"].clone();
-    let texts: Vec<&str> = texts
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = texts.as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert_eq!(tk.encode(&texts, 16)?, ids);
     Ok(())
 }
@@ -284,15 +229,9 @@ fn bicubic_matrix_matches_torch() -> Result<()> {
         let (n_in, n_out): (usize, usize) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
         let got = bicubic_matrix(n_in, n_out, parts[0] == "aa");
         let want = f.get_as(key, DType::F32)?.to_vec_f32()?;
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         // torch computes the weights in f32, we in f64 (see bicubic_matrix): its rounding.
-        assert!(
-            err <= 2e-6,
-            "{key}: max|err| {err:e}\ngot  {got:?}\nwant {want:?}"
-        );
+        assert!(err <= 2e-6, "{key}: max|err| {err:e}\ngot  {got:?}\nwant {want:?}");
         worst = worst.max(err);
         n += 1;
     }
@@ -316,17 +255,9 @@ fn preset_parameter_counts_match_transformers() -> Result<()> {
     for (name, n) in want {
         assert_eq!(vit::Config::preset(name)?.num_parameters()?, n, "{name}");
     }
-    let want = [
-        ("clip-l", 123_060_480),
-        ("clip-l-projection", 123_650_304),
-        ("clip-g-projection", 694_659_840),
-    ];
+    let want = [("clip-l", 123_060_480), ("clip-l-projection", 123_650_304), ("clip-g-projection", 694_659_840)];
     for (name, n) in want {
-        assert_eq!(
-            clip_text::Config::preset(name)?.num_parameters()?,
-            n,
-            "{name}"
-        );
+        assert_eq!(clip_text::Config::preset(name)?.num_parameters()?, n, "{name}");
     }
     assert!(vit::Config::preset("dinov2-huge").is_err());
     Ok(())
@@ -347,9 +278,7 @@ fn configs_are_strict() {
         for (k, x) in patch.as_object().unwrap() {
             v[k] = x.clone();
         }
-        let e = vit::Config::from_json(&v, origin)
-            .expect_err("rejected")
-            .to_string();
+        let e = vit::Config::from_json(&v, origin).expect_err("rejected").to_string();
         println!("{e}");
         e
     };
@@ -357,10 +286,7 @@ fn configs_are_strict() {
     assert!(bad(serde_json::json!({"hidden_act": "mish"})).contains("mish"));
     assert!(bad(serde_json::json!({"num_register_tokens": 4})).contains("num_register_tokens"));
     assert!(bad(serde_json::json!({"image_size": [28, 42]})).contains("non-square"));
-    assert!(
-        bad(serde_json::json!({"architectures": ["Dinov2ForImageClassification"]}))
-            .contains("Dinov2ForImage")
-    );
+    assert!(bad(serde_json::json!({"architectures": ["Dinov2ForImageClassification"]})).contains("Dinov2ForImage"));
     assert!(bad(serde_json::json!({"model_type": "vit"})).contains("not a DINOv2 config"));
 
     let clip = serde_json::json!({
@@ -372,43 +298,26 @@ fn configs_are_strict() {
     assert!(c.with_projection && c.eos_token_id == Some(2));
     let mut v = clip.clone();
     v["eos_token_id"] = serde_json::json!([2, 3]);
-    println!(
-        "{}",
-        clip_text::Config::from_json(&v, origin).expect_err("list eos")
-    );
+    println!("{}", clip_text::Config::from_json(&v, origin).expect_err("list eos"));
     v = clip.clone();
     v["pruned_heads"] = serde_json::json!({"0": [1]});
-    assert!(clip_text::Config::from_json(&v, origin)
-        .expect_err("pruned heads")
-        .to_string()
-        .contains("pruned_heads"));
+    assert!(clip_text::Config::from_json(&v, origin).expect_err("pruned heads").to_string().contains("pruned_heads"));
 }
 
 #[test]
 fn bad_inputs_are_errors() -> Result<()> {
     let (vit_model, _) = vit::load(case_dir("dinov2_native_nobias"), DType::F32, false)?;
     for shape in [vec![1, 4, 42, 42], vec![1, 3, 10, 42], vec![3, 42, 42]] {
-        let e = vit_model
-            .forward(&Tensor::zeros(&shape))
-            .expect_err("bad pixel_values");
+        let e = vit_model.forward(&Tensor::zeros(&shape)).expect_err("bad pixel_values");
         println!("{e}");
         assert!(e.to_string().contains("pixel_values"));
     }
     let (clip, _) = clip_text::load(case_dir("clip_text_quick_gelu"), DType::F32, false)?;
-    let e = clip
-        .forward(&[0; 17], [1, 17])
-        .expect_err("too long")
-        .to_string();
+    let e = clip.forward(&[0; 17], [1, 17]).expect_err("too long").to_string();
     assert!(e.contains("max_position_embeddings"), "{e}");
-    let e = clip
-        .forward(&[0, 1, 554], [1, 3])
-        .expect_err("id outside the vocabulary")
-        .to_string();
+    let e = clip.forward(&[0, 1, 554], [1, 3]).expect_err("id outside the vocabulary").to_string();
     assert!(e.contains("554") && e.contains("vocabulary"), "{e}");
-    let e = clip
-        .forward(&[0, 1, 2], [2, 2])
-        .expect_err("shape")
-        .to_string();
+    let e = clip.forward(&[0, 1, 2], [2, 2]).expect_err("shape").to_string();
     println!("{e}");
     Ok(())
 }
@@ -420,38 +329,25 @@ fn frozen_backbone_passes_input_gradients() -> Result<()> {
     let dir = case_dir("dinov2_interp");
     let (model, store) = vit::load(&dir, DType::F32, false)?;
     let reference = io::load(dir.join("outputs.safetensors"))?;
-    let x = io::load(dir.join("inputs.safetensors"))?
-        .get_as("pixel_values", DType::F32)?
-        .var();
+    let x = io::load(dir.join("inputs.safetensors"))?.get_as("pixel_values", DType::F32)?.var();
     let out = model.forward(&x)?;
     let n = model.cfg.num_hidden_layers;
-    let mut loss = out
-        .pooler_output
-        .mul(&reference.get_as("grad_out.pooler_output", DType::F32)?)?
-        .sum_all()?;
+    let mut loss = out.pooler_output.mul(&reference.get_as("grad_out.pooler_output", DType::F32)?)?.sum_all()?;
     for (name, t) in [
         ("last_hidden_state", &out.last_hidden_state),
-        (
-            &format!("hidden_states.{}", n - 1),
-            &out.hidden_states[n - 1],
-        ),
+        (&format!("hidden_states.{}", n - 1), &out.hidden_states[n - 1]),
     ] {
         let g = reference.get_as(&format!("grad_out.{name}"), DType::F32)?;
         loss = loss.add(&t.mul(&g)?.sum_all()?)?;
     }
     let grads = senseflow::backward(&loss)?;
     let got = grads.get(&x).expect("pixel_values gradient").to_vec_f32()?;
-    let want = reference
-        .get_as("grad.pixel_values", DType::F32)?
-        .to_vec_f32()?;
+    let want = reference.get_as("grad.pixel_values", DType::F32)?.to_vec_f32()?;
     let (e, _) = rel_err(&got, &want, 1e-12);
     println!("frozen: grad.pixel_values max|err|/scale = {e:.3e}");
     assert!(e <= BUDGET);
     for (name, p) in store.named() {
-        assert!(
-            !p.tracks_grad() && grads.get(&p).is_none(),
-            "{name} is frozen"
-        );
+        assert!(!p.tracks_grad() && grads.get(&p).is_none(), "{name} is frozen");
     }
     Ok(())
 }
@@ -469,26 +365,15 @@ fn bf16_compute_follows_f32() -> Result<()> {
     let (e, _) = rel_err(&out.last_hidden_state.to_vec_f32()?, &want, 1e-12);
     println!("dinov2 bf16 vs f32: {e:.3e}");
     assert!(e < 5e-2, "{e}");
-    assert!(
-        m16.forward(&x).is_err(),
-        "f32 pixels into a bf16 model are rejected"
-    );
+    assert!(m16.forward(&x).is_err(), "f32 pixels into a bf16 model are rejected");
 
     let dir = case_dir("clip_text_projection_gelu");
     let inputs = io::load(dir.join("inputs.safetensors"))?;
     let ids = inputs.get_i64("input_ids")?;
     let (c32, _) = clip_text::load(&dir, DType::F32, false)?;
     let (c16, _) = clip_text::load(&dir, DType::BF16, false)?;
-    let want = c32
-        .forward(&ids, [3, 12])?
-        .text_embeds
-        .unwrap()
-        .to_vec_f32()?;
-    let got = c16
-        .forward(&ids, [3, 12])?
-        .text_embeds
-        .unwrap()
-        .to_vec_f32()?;
+    let want = c32.forward(&ids, [3, 12])?.text_embeds.unwrap().to_vec_f32()?;
+    let got = c16.forward(&ids, [3, 12])?.text_embeds.unwrap().to_vec_f32()?;
     let (e, _) = rel_err(&got, &want, 1e-12);
     println!("clip bf16 vs f32: {e:.3e}");
     assert!(e < 5e-2, "{e}");

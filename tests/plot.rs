@@ -3,9 +3,7 @@
 //! log axis, many series), size checks and smoothing. The charts are written under
 //! CARGO_TARGET_TMPDIR so that a person can look at them.
 
-use senseflow::eval::plot::{
-    render_line_chart, smooth, write_line_chart_png, ChartSpec, Series, PALETTE,
-};
+use senseflow::eval::plot::{render_line_chart, smooth, write_line_chart_png, ChartSpec, Series, PALETTE};
 use std::path::PathBuf;
 
 fn out_path(name: &str) -> PathBuf {
@@ -27,12 +25,7 @@ fn color_count(img: &image::RgbImage, color: [u8; 3]) -> usize {
     img.pixels().filter(|p| p.0 == color).count()
 }
 
-fn count_non_white(
-    pixels: &[u8],
-    width: usize,
-    x: std::ops::Range<usize>,
-    y: std::ops::Range<usize>,
-) -> usize {
+fn count_non_white(pixels: &[u8], width: usize, x: std::ops::Range<usize>, y: std::ops::Range<usize>) -> usize {
     y.flat_map(|row| x.clone().map(move |col| (row * width + col) * 3))
         .filter(|&i| pixels[i..i + 3] != [255, 255, 255])
         .count()
@@ -53,21 +46,14 @@ fn spec(width: u32, height: u32, log_y: bool) -> ChartSpec {
 fn two_series_log_y_png_round_trip() {
     let series = [
         Series::new("train_loss", loss_curve(400, 2.0, 0.012, 0.0)),
-        Series::new(
-            "val_loss (EMA)",
-            smooth(&loss_curve(400, 2.6, 0.010, 1.3), 15),
-        ),
+        Series::new("val_loss (EMA)", smooth(&loss_curve(400, 2.6, 0.010, 1.3), 15)),
     ];
     let path = out_path("plot_two_series_log_y.png");
     write_line_chart_png(&path, &spec(800, 500, true), &series).unwrap();
     let img = image::open(&path).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (800, 500));
     for (x, y) in [(0, 0), (799, 0), (0, 499), (799, 499), (400, 2)] {
-        assert_eq!(
-            img.get_pixel(x, y).0,
-            [255, 255, 255],
-            "background at ({x}, {y})"
-        );
+        assert_eq!(img.get_pixel(x, y).0, [255, 255, 255], "background at ({x}, {y})");
     }
     for (i, s) in series.iter().enumerate() {
         let n = color_count(&img, PALETTE[i]);
@@ -81,11 +67,7 @@ fn two_series_log_y_png_round_trip() {
 #[test]
 fn tick_labels_are_drawn() {
     // No title or axis labels: ink left of and below the plot can only be tick labels.
-    let spec = ChartSpec {
-        width: 640,
-        height: 400,
-        ..ChartSpec::default()
-    };
+    let spec = ChartSpec { width: 640, height: 400, ..ChartSpec::default() };
     let series = [Series::new("", vec![(0.0, 0.1), (100.0, 0.9)])];
     let px = render_line_chart(&spec, &series).unwrap();
     assert_eq!(px.len(), 640 * 400 * 3);
@@ -105,40 +87,11 @@ fn degenerate_inputs_render() {
     let cases: Vec<(&str, bool, Vec<Series>)> = vec![
         ("no_series", false, vec![]),
         ("empty_series", true, vec![Series::new("empty", vec![])]),
-        (
-            "one_point",
-            false,
-            vec![Series::new("one", vec![(3.0, 0.25)])],
-        ),
-        (
-            "one_point_log",
-            true,
-            vec![Series::new("one", vec![(3.0, 0.25)])],
-        ),
-        (
-            "flat",
-            false,
-            vec![Series::new(
-                "flat",
-                (0..50).map(|i| (i as f64, 1.5)).collect(),
-            )],
-        ),
-        (
-            "flat_zero",
-            false,
-            vec![Series::new(
-                "zero",
-                (0..50).map(|i| (i as f64, 0.0)).collect(),
-            )],
-        ),
-        (
-            "flat_log",
-            true,
-            vec![Series::new(
-                "flat",
-                (0..50).map(|i| (i as f64, 1e-3)).collect(),
-            )],
-        ),
+        ("one_point", false, vec![Series::new("one", vec![(3.0, 0.25)])]),
+        ("one_point_log", true, vec![Series::new("one", vec![(3.0, 0.25)])]),
+        ("flat", false, vec![Series::new("flat", (0..50).map(|i| (i as f64, 1.5)).collect())]),
+        ("flat_zero", false, vec![Series::new("zero", (0..50).map(|i| (i as f64, 0.0)).collect())]),
+        ("flat_log", true, vec![Series::new("flat", (0..50).map(|i| (i as f64, 1e-3)).collect())]),
         (
             "nan_inf",
             true,
@@ -157,53 +110,19 @@ fn degenerate_inputs_render() {
                 ],
             )],
         ),
-        (
-            "all_nan",
-            false,
-            vec![Series::new("nan", vec![(0.0, nan), (1.0, nan)])],
-        ),
-        (
-            "non_positive_log",
-            true,
-            vec![Series::new("neg", vec![(0.0, -1.0), (1.0, 0.0)])],
-        ),
-        (
-            "huge",
-            false,
-            vec![Series::new(
-                "huge",
-                vec![(0.0, -1e300), (1.0, 1e300), (2.0, 1e308)],
-            )],
-        ),
-        (
-            "tiny_span",
-            false,
-            vec![Series::new("tiny", vec![(0.0, 1.0), (1.0, 1.0 + 1e-12)])],
-        ),
-        (
-            "same_x",
-            false,
-            vec![Series::new("x", vec![(5.0, 1.0), (5.0, 2.0)])],
-        ),
+        ("all_nan", false, vec![Series::new("nan", vec![(0.0, nan), (1.0, nan)])]),
+        ("non_positive_log", true, vec![Series::new("neg", vec![(0.0, -1.0), (1.0, 0.0)])]),
+        ("huge", false, vec![Series::new("huge", vec![(0.0, -1e300), (1.0, 1e300), (2.0, 1e308)])]),
+        ("tiny_span", false, vec![Series::new("tiny", vec![(0.0, 1.0), (1.0, 1.0 + 1e-12)])]),
+        ("same_x", false, vec![Series::new("x", vec![(5.0, 1.0), (5.0, 2.0)])]),
         (
             "ten_series",
             false,
-            (0..10)
-                .map(|i| {
-                    Series::new(
-                        format!("s{i}"),
-                        loss_curve(50, 1.0 + i as f64, 0.05, i as f64),
-                    )
-                })
-                .collect(),
+            (0..10).map(|i| Series::new(format!("s{i}"), loss_curve(50, 1.0 + i as f64, 0.05, i as f64))).collect(),
         ),
     ];
     for (name, log_y, series) in cases {
-        let spec = ChartSpec {
-            title: name.into(),
-            log_y,
-            ..ChartSpec::default()
-        };
+        let spec = ChartSpec { title: name.into(), log_y, ..ChartSpec::default() };
         let path = out_path(&format!("plot_degenerate_{name}.png"));
         write_line_chart_png(&path, &spec, &series).unwrap_or_else(|e| panic!("{name}: {e}"));
         let img = image::open(&path).unwrap().to_rgb8();
@@ -213,8 +132,7 @@ fn degenerate_inputs_render() {
         println!("{name}: {line_pixels} pixels of the first series' color");
     }
     // A single point is drawn as a visible dot (beyond the ~40 legend-sample pixels).
-    let px =
-        render_line_chart(&ChartSpec::default(), &[Series::new("", vec![(1.0, 1.0)])]).unwrap();
+    let px = render_line_chart(&ChartSpec::default(), &[Series::new("", vec![(1.0, 1.0)])]).unwrap();
     let dot = px.chunks(3).filter(|p| *p == PALETTE[0]).count();
     assert!(dot >= 9, "single point drew {dot} pixels");
 }
@@ -235,17 +153,11 @@ fn large_noisy_chart() {
             (t * 10.0, 0.08 + 1.2 * (-t / 3000.0).exp() + 0.05 * u)
         })
         .collect();
-    let series = [
-        Series::new("loss", raw.clone()),
-        Series::new("loss (moving average, 200)", smooth(&raw, 200)),
-    ];
+    let series = [Series::new("loss", raw.clone()), Series::new("loss (moving average, 200)", smooth(&raw, 200))];
     let start = std::time::Instant::now();
     let path = out_path("plot_large_noisy.png");
     write_line_chart_png(&path, &spec(1600, 1000, false), &series).unwrap();
-    println!(
-        "20k + 20k points at 1600x1000: {:.0} ms",
-        start.elapsed().as_secs_f64() * 1e3
-    );
+    println!("20k + 20k points at 1600x1000: {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
     let img = image::open(&path).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (1600, 1000));
     assert!(color_count(&img, PALETTE[0]) > 2000);
@@ -256,21 +168,12 @@ fn large_noisy_chart() {
 fn bad_sizes_are_errors() {
     let series = [Series::new("a", vec![(0.0, 1.0), (1.0, 2.0)])];
     for (w, h) in [(0, 0), (10, 500), (800, 10), (100_000, 500)] {
-        let spec = ChartSpec {
-            width: w,
-            height: h,
-            ..ChartSpec::default()
-        };
+        let spec = ChartSpec { width: w, height: h, ..ChartSpec::default() };
         let err = render_line_chart(&spec, &series).unwrap_err();
         println!("{w}x{h}: {err}");
     }
     // Labels wider than a small chart: an error naming the size, not a panic.
-    let wide = ChartSpec {
-        width: 200,
-        height: 150,
-        y_label: "y".repeat(10),
-        ..ChartSpec::default()
-    };
+    let wide = ChartSpec { width: 200, height: 150, y_label: "y".repeat(10), ..ChartSpec::default() };
     let narrow_values = [Series::new("a", vec![(0.0, 1.0), (1.0, 1.0 + 1e-7)])];
     if let Err(e) = render_line_chart(&wide, &narrow_values) {
         println!("{e}");
@@ -287,22 +190,13 @@ fn smoothing_is_a_centered_moving_average() {
     let flat = vec![(0.0, 2.0); 10];
     assert!(smooth(&flat, 4).iter().all(|p| p.1 == 2.0));
     // Non-finite values stay put and are left out of their neighbours' averages.
-    let gappy = [
-        (0.0, 1.0),
-        (1.0, f64::NAN),
-        (2.0, 3.0),
-        (3.0, f64::INFINITY),
-        (4.0, 5.0),
-    ];
+    let gappy = [(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0), (3.0, f64::INFINITY), (4.0, 5.0)];
     let s = smooth(&gappy, 3);
     assert_eq!(s[0].1, 1.0);
     assert!(s[1].1.is_nan());
     assert_eq!(s[2].1, 3.0);
     assert_eq!(s[3].1, f64::INFINITY);
     assert_eq!(s[4].1, 5.0);
-    assert_eq!(
-        s.iter().map(|p| p.0).collect::<Vec<_>>(),
-        [0.0, 1.0, 2.0, 3.0, 4.0]
-    );
+    assert_eq!(s.iter().map(|p| p.0).collect::<Vec<_>>(), [0.0, 1.0, 2.0, 3.0, 4.0]);
     assert!(smooth(&[], 5).is_empty());
 }

@@ -75,7 +75,8 @@ fn isg_target_and_prediction_by_hand() -> Result<()> {
     check_close("ISG prediction", &x_pred.to_vec_f32()?, &want_pred, 1e-6)?;
     let c = 0.001f32;
     let loss = sf::isg_loss(&x_pred, &x_tar, c)?;
-    let want_l: f32 = want_pred.iter().zip(&want_tar).map(|(p, t)| ((p - t).powi(2) + c * c).sqrt() - c).sum::<f32>() / 3.0;
+    let want_l: f32 =
+        want_pred.iter().zip(&want_tar).map(|(p, t)| ((p - t).powi(2) + c * c).sqrt() - c).sum::<f32>() / 3.0;
     assert!((loss.to_scalar()? - want_l).abs() < 1e-6);
     // Gradient only to the generator's direct step: d/dv_g = (σ_prev − τ)·d/dx_pred.
     let g = senseflow::backward(&loss)?.get(&v_g).unwrap().to_vec_f32()?;
@@ -172,7 +173,8 @@ fn discriminator_heads_for_several_vit_depths() -> Result<()> {
         // Only the heads train: every head parameter gets a gradient from the hinge loss.
         let loss = senseflow::ops::hinge_d_real(&logits)?;
         let grads = senseflow::backward(&loss)?;
-        let missing: Vec<String> = store.named().into_iter().filter(|(_, p)| grads.get(p).is_none()).map(|(k, _)| k).collect();
+        let missing: Vec<String> =
+            store.named().into_iter().filter(|(_, p)| grads.get(p).is_none()).map(|(k, _)| k).collect();
         assert!(missing.is_empty() || loss.to_scalar()? == 0.0, "no gradient for {missing:?}");
     }
     Ok(())

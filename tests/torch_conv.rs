@@ -9,20 +9,14 @@ use senseflow::Result;
 const TOL: f32 = 1e-5;
 
 fn fixture(family: &str, case: &str) -> Result<Fixture> {
-    Fixture::load(format!(
-        "{}/tests/fixtures/ops/{family}/{case}.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    ))
+    Fixture::load(format!("{}/tests/fixtures/ops/{family}/{case}.safetensors", env!("CARGO_MANIFEST_DIR")))
 }
 
 fn pair(f: &Fixture, key: &str) -> Result<(usize, usize)> {
     let v = &f.params[key];
     match (v[0].as_u64(), v[1].as_u64()) {
         (Some(a), Some(b)) => Ok((a as usize, b as usize)),
-        _ => Err(senseflow::Error::Msg(format!(
-            "{}: params.{key} is not a pair",
-            f.path.display()
-        ))),
+        _ => Err(senseflow::Error::Msg(format!("{}: params.{key} is not a pair", f.path.display()))),
     }
 }
 
@@ -41,13 +35,9 @@ fn conv2d_matches_torch() -> Result<()> {
         let f = fixture("conv", case)?;
         let (stride, padding) = (pair(&f, "stride")?, pair(&f, "padding")?);
         if f.param_bool("bias")? {
-            f.check_op(&["x", "w", "b"], TOL, |t| {
-                ops::conv2d(&t[0], &t[1], Some(&t[2]), stride, padding)
-            })?;
+            f.check_op(&["x", "w", "b"], TOL, |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), stride, padding))?;
         } else {
-            f.check_op(&["x", "w"], TOL, |t| {
-                ops::conv2d(&t[0], &t[1], None, stride, padding)
-            })?;
+            f.check_op(&["x", "w"], TOL, |t| ops::conv2d(&t[0], &t[1], None, stride, padding))?;
         }
     }
     Ok(())
@@ -69,9 +59,7 @@ fn losses_match_torch() -> Result<()> {
     for case in ["pseudo_huber_c0.001", "pseudo_huber_c0.5"] {
         let f = fixture("loss", case)?;
         let c = f.param_f32("c")?;
-        f.check_op(&["a", "b"], TOL, |t| {
-            ops::pseudo_huber_loss(&t[0], &t[1], c)
-        })?;
+        f.check_op(&["a", "b"], TOL, |t| ops::pseudo_huber_loss(&t[0], &t[1], c))?;
     }
     fixture("loss", "hinge_d_real")?.check_op(&["x"], TOL, |t| ops::hinge_d_real(&t[0]))?;
     fixture("loss", "hinge_d_fake")?.check_op(&["x"], TOL, |t| ops::hinge_d_fake(&t[0]))?;
@@ -94,12 +82,7 @@ fn spectral_norm_matches_torch() -> Result<()> {
             *u_after.borrow_mut() = u;
             Ok(y)
         })?;
-        check_close(
-            &format!("{case}: u_after"),
-            &u_after.into_inner(),
-            &f.get("u_after")?.to_vec_f32()?,
-            TOL,
-        )?;
+        check_close(&format!("{case}: u_after"), &u_after.into_inner(), &f.get("u_after")?.to_vec_f32()?, TOL)?;
     }
     Ok(())
 }

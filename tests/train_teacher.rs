@@ -12,16 +12,29 @@ use senseflow::train::{MetricsLog, RunDir};
 use senseflow::{DType, Result, Tensor};
 
 fn run(steps: u64, dir: &RunDir) -> Result<Vec<(f64, f64)>> {
-    let cfg = TeacherTrainConfig { steps, batch: 8, lr: 2e-3, warmup: 5, log_every: 1, checkpoint_every: 10, ema_decay: 0.9, ..Default::default() };
+    let cfg = TeacherTrainConfig {
+        steps,
+        batch: 8,
+        lr: 2e-3,
+        warmup: 5,
+        log_every: 1,
+        checkpoint_every: 10,
+        ema_decay: 0.9,
+        ..Default::default()
+    };
     let data = ShapesDataset::new(ShapesConfig { size: demo::IMAGE_SIZE, supersample: 1 }, 0)?;
     let (ts, ms) = (ParamStore::new(), ParamStore::new());
     let text = DemoTextEncoder::new(&VarBuilder::fresh(&ts, DType::F32, 1), demo::tokenizer()?, demo::text_config())?;
     let mut mc = demo::teacher_config();
     mc.num_layers = 2;
     let teacher = SD3Transformer2DModel::new(mc, &VarBuilder::fresh(&ms, DType::F32, 2))?;
-    let mut params: Vec<(String, Tensor)> = ms.named().into_iter().map(|(n, t)| (format!("transformer.{n}"), t)).collect();
+    let mut params: Vec<(String, Tensor)> =
+        ms.named().into_iter().map(|(n, t)| (format!("transformer.{n}"), t)).collect();
     params.extend(ts.named().into_iter().map(|(n, t)| (format!("text_encoder.{n}"), t)));
-    let ema = params.iter().map(|(n, t)| Ok((n.clone(), Tensor::from_vec(t.to_vec_f32()?, t.shape())?))).collect::<Result<Vec<_>>>()?;
+    let ema = params
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), Tensor::from_vec(t.to_vec_f32()?, t.shape())?)))
+        .collect::<Result<Vec<_>>>()?;
     let mut r = TeacherRun { teacher: &teacher, text: &text, params, ema, data: &data };
     train(&mut r, &cfg, dir)?;
     MetricsLog::read_series(dir.path("metrics.jsonl"), "loss")

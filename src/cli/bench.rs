@@ -110,7 +110,10 @@ fn model(a: &ModelArgs) -> anyhow::Result<()> {
         }
         Transformer::Flux(model) => {
             let c = &model.cfg;
-            anyhow::ensure!(a.height % 2 == 0 && a.width % 2 == 0, "FLUX latents pack 2×2: height and width must be even");
+            anyhow::ensure!(
+                a.height % 2 == 0 && a.width % 2 == 0,
+                "FLUX latents pack 2×2: height and width must be even"
+            );
             let (gh, gw) = (a.height / 2, a.width / 2);
             let x = randn(&[b, gh * gw, c.in_channels])?;
             let ehs = randn(&[b, l, c.joint_attention_dim])?;
@@ -221,11 +224,7 @@ fn matmul(a: &MatmulArgs) -> anyhow::Result<()> {
         drop(z);
     }
     ms.sort_by(f64::total_cmp);
-    let median = if ms.len() % 2 == 1 {
-        ms[ms.len() / 2]
-    } else {
-        (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
-    };
+    let median = if ms.len() % 2 == 1 { ms[ms.len() / 2] } else { (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0 };
     let flops = 2.0 * (a.batch * a.m * a.n * a.k) as f64;
     let report = serde_json::json!({
         "bench": "matmul",

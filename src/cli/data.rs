@@ -48,10 +48,7 @@ pub fn run(d: &Data) -> anyhow::Result<()> {
 }
 
 fn preview(a: &PreviewArgs) -> anyhow::Result<()> {
-    let cfg = ShapesConfig {
-        size: a.size,
-        ..ShapesConfig::default()
-    };
+    let cfg = ShapesConfig { size: a.size, ..ShapesConfig::default() };
     let dataset = ShapesDataset::new(cfg, a.seed)?;
     let indices: Vec<u64> = (a.start..a.start + a.n as u64).collect();
     let (images, captions, _) = dataset.batch(&indices);

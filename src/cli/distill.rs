@@ -112,7 +112,9 @@ fn check_real_preset(cfg: &DistillConfig, a: &Args) -> anyhow::Result<()> {
     if cfg.preset == "demo" {
         return Ok(());
     }
-    let teacher = a.teacher.as_ref().ok_or_else(|| anyhow::anyhow!("preset '{}' needs --teacher DIR (a diffusers transformer folder)", cfg.preset))?;
+    let teacher = a.teacher.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("preset '{}' needs --teacher DIR (a diffusers transformer folder)", cfg.preset)
+    })?;
     senseflow::models::TransformerConfig::from_folder(&senseflow::io::ModelFolder::open(teacher)?)?;
     if a.data.is_none() {
         anyhow::bail!("preset '{}' needs --data DIR (precomputed latents and text embeddings)", cfg.preset);
@@ -138,7 +140,13 @@ fn demo_networks(assets: &Path, cfg: &DistillConfig) -> anyhow::Result<Networks>
     let dims = senseflow::senseflow::distill::Backbone::level_dims(&backbone);
     let hs = ParamStore::new();
     let text_dim = demo::text_config().hidden_size;
-    let heads = DiscHeads::new(&VarBuilder::fresh(&hs, DType::F32, cfg.seed ^ 0xd15c), &dims, text_dim, cfg.disc_channels, cfg.seed ^ 0x5eed)?;
+    let heads = DiscHeads::new(
+        &VarBuilder::fresh(&hs, DType::F32, cfg.seed ^ 0xd15c),
+        &dims,
+        text_dim,
+        cfg.disc_channels,
+        cfg.seed ^ 0x5eed,
+    )?;
     Ok(Networks {
         teacher,
         generator,
@@ -159,7 +167,17 @@ pub struct Row {
 }
 
 fn sampling(steps: usize, sampler: &str, cfg: f32, few_step: bool, anchors: &[usize], shift: f64) -> SamplingArgs {
-    let mut args = vec!["x".to_string(), "--steps".into(), steps.to_string(), "--sampler".into(), sampler.into(), "--cfg".into(), cfg.to_string(), "--shift".into(), shift.to_string()];
+    let mut args = vec![
+        "x".to_string(),
+        "--steps".into(),
+        steps.to_string(),
+        "--sampler".into(),
+        sampler.into(),
+        "--cfg".into(),
+        cfg.to_string(),
+        "--shift".into(),
+        shift.to_string(),
+    ];
     args.push("--anchors".into());
     args.push(anchors.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","));
     if few_step {
@@ -177,7 +195,13 @@ pub const TEACHER_CFG: f32 = 4.0;
 
 /// Evaluates teacher (28 steps CFG, 4 Euler steps) and student (4 steps) on the fixed
 /// prompt set; writes eval.json and the sample grids into `dir`.
-pub fn evaluate_run(world: &DemoWorld, student: &Transformer, cfg: &DistillConfig, dir: &RunDir, with_teacher: bool) -> anyhow::Result<Vec<Row>> {
+pub fn evaluate_run(
+    world: &DemoWorld,
+    student: &Transformer,
+    cfg: &DistillConfig,
+    dir: &RunDir,
+    with_teacher: bool,
+) -> anyhow::Result<Vec<Row>> {
     let n = cfg.eval_samples.max(16);
     let cache = PathBuf::from("runs/eval-cache").join(format!("teacher28_cfg{TEACHER_CFG}_n{n}.safetensors"));
     let (reference, ref_images) = reference_features(world, n, 0, TEACHER_CFG, &cache)?;
@@ -185,10 +209,22 @@ pub fn evaluate_run(world: &DemoWorld, student: &Transformer, cfg: &DistillConfi
     let mut grids: Vec<Tensor> = vec![ref_images.narrow(0, 0, 16)?];
     let mut runs: Vec<(String, &Transformer, SamplingArgs)> = Vec::new();
     if with_teacher {
-        runs.push(("teacher 28 steps (CFG)".into(), &world.teacher, sampling(28, "euler", TEACHER_CFG, false, &cfg.anchors, cfg.shift)));
-        runs.push(("teacher 4 Euler steps (CFG)".into(), &world.teacher, sampling(4, "euler", TEACHER_CFG, false, &cfg.anchors, cfg.shift)));
+        runs.push((
+            "teacher 28 steps (CFG)".into(),
+            &world.teacher,
+            sampling(28, "euler", TEACHER_CFG, false, &cfg.anchors, cfg.shift),
+        ));
+        runs.push((
+            "teacher 4 Euler steps (CFG)".into(),
+            &world.teacher,
+            sampling(4, "euler", TEACHER_CFG, false, &cfg.anchors, cfg.shift),
+        ));
     }
-    runs.push(("student 4 steps (stochastic)".into(), student, sampling(4, "stochastic", 1.0, false, &cfg.anchors, cfg.shift)));
+    runs.push((
+        "student 4 steps (stochastic)".into(),
+        student,
+        sampling(4, "stochastic", 1.0, false, &cfg.anchors, cfg.shift),
+    ));
     runs.push(("student 4 steps (Euler)".into(), student, sampling(4, "euler", 1.0, true, &cfg.anchors, cfg.shift)));
     for (name, model, s) in runs {
         let (report, images) = evaluate(world, model, &s, n, &reference)?;

@@ -24,25 +24,14 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     writeln!(out, "path        {}", a.path.display())?;
     let rows: Vec<(String, TensorMeta)> = if a.path.is_dir() {
         let folder = ModelFolder::open(&a.path)?;
-        writeln!(
-            out,
-            "class       {}",
-            folder.class_name().unwrap_or("(no config class)")
-        )?;
+        writeln!(out, "class       {}", folder.class_name().unwrap_or("(no config class)"))?;
         let names: Vec<String> = folder
             .files()
             .iter()
-            .map(|f| {
-                f.path()
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-            })
+            .map(|f| f.path().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()))
             .collect();
         writeln!(out, "files       {} ({})", names.len(), names.join(", "))?;
-        folder
-            .tensors()
-            .map(|(k, m)| (k.to_string(), m.clone()))
-            .collect()
+        folder.tensors().map(|(k, m)| (k.to_string(), m.clone())).collect()
     } else {
         let file = SafeTensorsFile::open(&a.path)?;
         if !file.metadata().is_empty() {
@@ -50,9 +39,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             keys.sort_unstable();
             writeln!(out, "metadata    {}", keys.join(", "))?;
         }
-        file.tensors()
-            .map(|(k, m)| (k.to_string(), m.clone()))
-            .collect()
+        file.tensors().map(|(k, m)| (k.to_string(), m.clone())).collect()
     };
     summarize(&mut out, &rows)?;
     table(&mut out, &rows, a)?;
@@ -69,27 +56,15 @@ fn summarize(out: &mut String, rows: &[(String, TensorMeta)]) -> anyhow::Result<
         e.0 += 1;
         e.1 += m.numel();
     }
-    let hist: Vec<String> = by_dtype
-        .iter()
-        .map(|(d, (n, p))| format!("{d}: {n} {}, {} params", plural(*n, "tensor"), human(*p)))
-        .collect();
-    writeln!(
-        out,
-        "dtypes      {}",
-        if hist.is_empty() {
-            "-".to_string()
-        } else {
-            hist.join("; ")
-        }
-    )?;
+    let hist: Vec<String> =
+        by_dtype.iter().map(|(d, (n, p))| format!("{d}: {n} {}, {} params", plural(*n, "tensor"), human(*p))).collect();
+    writeln!(out, "dtypes      {}", if hist.is_empty() { "-".to_string() } else { hist.join("; ") })?;
     Ok(())
 }
 
 fn table(out: &mut String, rows: &[(String, TensorMeta)], a: &Args) -> anyhow::Result<()> {
-    let matching: Vec<&(String, TensorMeta)> = rows
-        .iter()
-        .filter(|(k, _)| a.filter.as_deref().is_none_or(|f| k.contains(f)))
-        .collect();
+    let matching: Vec<&(String, TensorMeta)> =
+        rows.iter().filter(|(k, _)| a.filter.as_deref().is_none_or(|f| k.contains(f))).collect();
     let shown = &matching[..a.limit.unwrap_or(usize::MAX).min(matching.len())];
     if shown.is_empty() {
         if a.filter.is_some() {
@@ -104,13 +79,7 @@ fn table(out: &mut String, rows: &[(String, TensorMeta)], a: &Args) -> anyhow::R
     }
     if shown.len() < rows.len() {
         let what = if a.filter.is_some() { " matching" } else { "" };
-        writeln!(
-            out,
-            "({} of {}{what} tensors shown; {} in total)",
-            shown.len(),
-            matching.len(),
-            rows.len()
-        )?;
+        writeln!(out, "({} of {}{what} tensors shown; {} in total)", shown.len(), matching.len(), rows.len())?;
     }
     Ok(())
 }

@@ -15,7 +15,13 @@ pub fn loss_curves(dir: &RunDir, keys: &[&str], title: &str) -> anyhow::Result<(
         let window = (pts.len() / 20).max(1);
         series.push(Series::new(format!("{key} (smoothed)"), smooth(&pts, window)));
     }
-    let spec = ChartSpec { title: title.to_string(), x_label: "step".into(), y_label: "loss".into(), log_y: true, ..Default::default() };
+    let spec = ChartSpec {
+        title: title.to_string(),
+        x_label: "step".into(),
+        y_label: "loss".into(),
+        log_y: true,
+        ..Default::default()
+    };
     write_line_chart_png(dir.path("loss_curve.png"), &spec, &series)?;
     Ok(())
 }

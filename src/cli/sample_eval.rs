@@ -39,7 +39,11 @@ impl SamplingArgs {
         Ok(match self.sampler.as_str() {
             "stochastic" => Sampler::Stochastic { sigmas: anchor_sigmas(&self.anchors, self.shift)? },
             "euler" => {
-                let sigmas = if self.few_step { anchor_sigmas(&self.anchors, self.shift)? } else { inference_sigmas(self.steps, Shift::Sd3(self.shift)) };
+                let sigmas = if self.few_step {
+                    anchor_sigmas(&self.anchors, self.shift)?
+                } else {
+                    inference_sigmas(self.steps, Shift::Sd3(self.shift))
+                };
                 let guidance = if self.cfg == 1.0 { Guidance::None } else { Guidance::Cfg(self.cfg) };
                 Sampler::Euler { sigmas, guidance }
             }
@@ -68,14 +72,31 @@ pub struct SampleArgs {
 }
 
 pub fn sample(a: &SampleArgs) -> anyhow::Result<()> {
-    let text = demo::load_text_encoder(&a.text_encoder.clone().unwrap_or_else(|| demo::assets_dir().join("text_encoder")), false)?;
+    let text = demo::load_text_encoder(
+        &a.text_encoder.clone().unwrap_or_else(|| demo::assets_dir().join("text_encoder")),
+        false,
+    )?;
     let (model, _) = load_transformer(&a.model, DType::F32, false)?;
     let prompts: Vec<String> = a.prompt.iter().flat_map(|p| std::iter::repeat_n(p.clone(), a.n)).collect();
     let t = std::time::Instant::now();
-    let images = generate(&model, &text, &prompts, &a.sampling.sampler()?, [3, demo::IMAGE_SIZE, demo::IMAGE_SIZE], a.sampling.seed, 64)?;
+    let images = generate(
+        &model,
+        &text,
+        &prompts,
+        &a.sampling.sampler()?,
+        [3, demo::IMAGE_SIZE, demo::IMAGE_SIZE],
+        a.sampling.seed,
+        64,
+    )?;
     let secs = t.elapsed().as_secs_f64();
     write_png_grid(&a.out, &images, GridLayout { cols: a.n, pad: 2, zoom: 4 })?;
-    eprintln!("wrote {} samples ({} prompts × {}) to {} in {secs:.2} s", prompts.len(), a.prompt.len(), a.n, a.out.display());
+    eprintln!(
+        "wrote {} samples ({} prompts × {}) to {} in {secs:.2} s",
+        prompts.len(),
+        a.prompt.len(),
+        a.n,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -101,7 +122,13 @@ pub struct EvalArgs {
 }
 
 /// The teacher's 28-step CFG features of the fixed prompt set (cached next to the run).
-pub fn reference_features(world: &DemoWorld, n: usize, seed: u64, cfg: f32, cache: &Path) -> anyhow::Result<(Vec<f32>, Tensor)> {
+pub fn reference_features(
+    world: &DemoWorld,
+    n: usize,
+    seed: u64,
+    cfg: f32,
+    cache: &Path,
+) -> anyhow::Result<(Vec<f32>, Tensor)> {
     let labels = prompt_set(n, seed);
     if cache.exists() {
         let f = io::load(cache)?;
@@ -110,7 +137,15 @@ pub fn reference_features(world: &DemoWorld, n: usize, seed: u64, cfg: f32, cach
         }
     }
     let sampler = Sampler::Euler { sigmas: inference_sigmas(28, Shift::Sd3(1.0)), guidance: Guidance::Cfg(cfg) };
-    let images = generate(&world.teacher, &world.text, &captions(&labels), &sampler, [3, demo::IMAGE_SIZE, demo::IMAGE_SIZE], seed, 64)?;
+    let images = generate(
+        &world.teacher,
+        &world.text,
+        &captions(&labels),
+        &sampler,
+        [3, demo::IMAGE_SIZE, demo::IMAGE_SIZE],
+        seed,
+        64,
+    )?;
     let (_, feats) = score(&world.evaluator, &images, &labels, None)?;
     let ft = Tensor::from_vec(feats.clone(), &[n, demo::evaluator::FEATURE_DIM])?;
     if let Some(p) = cache.parent() {
@@ -121,9 +156,23 @@ pub fn reference_features(world: &DemoWorld, n: usize, seed: u64, cfg: f32, cach
 }
 
 /// Evaluates one model on the fixed prompt set; returns the report and its images.
-pub fn evaluate(world: &DemoWorld, model: &senseflow::models::Transformer, s: &SamplingArgs, n: usize, reference: &[f32]) -> anyhow::Result<(EvalReport, Tensor)> {
+pub fn evaluate(
+    world: &DemoWorld,
+    model: &senseflow::models::Transformer,
+    s: &SamplingArgs,
+    n: usize,
+    reference: &[f32],
+) -> anyhow::Result<(EvalReport, Tensor)> {
     let labels = prompt_set(n, s.seed);
-    let images = generate(model, &world.text, &captions(&labels), &s.sampler()?, [3, demo::IMAGE_SIZE, demo::IMAGE_SIZE], s.seed, 64)?;
+    let images = generate(
+        model,
+        &world.text,
+        &captions(&labels),
+        &s.sampler()?,
+        [3, demo::IMAGE_SIZE, demo::IMAGE_SIZE],
+        s.seed,
+        64,
+    )?;
     let (report, _) = score(&world.evaluator, &images, &labels, Some(reference))?;
     Ok((report, images))
 }
@@ -132,7 +181,13 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let assets = a.assets.clone().unwrap_or_else(demo::assets_dir);
     let world = DemoWorld::load(&assets)?;
     std::fs::create_dir_all(&a.out)?;
-    let (reference, ref_images) = reference_features(&world, a.n, a.sampling.seed, a.reference_cfg, &a.out.join("teacher28_reference.safetensors"))?;
+    let (reference, ref_images) = reference_features(
+        &world,
+        a.n,
+        a.sampling.seed,
+        a.reference_cfg,
+        &a.out.join("teacher28_reference.safetensors"),
+    )?;
     let owned;
     let model = match &a.model {
         Some(dir) => {

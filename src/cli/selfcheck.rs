@@ -36,12 +36,7 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     if !failed.is_empty() {
-        anyhow::bail!(
-            "selfcheck: {} of {} checks failed: {}",
-            failed.len(),
-            CHECKS.len(),
-            failed.join("; ")
-        );
+        anyhow::bail!("selfcheck: {} of {} checks failed: {}", failed.len(), CHECKS.len(), failed.join("; "));
     }
     println!("selfcheck: all {} checks passed", CHECKS.len());
     Ok(())
@@ -56,39 +51,21 @@ fn fail(msg: String) -> Error {
 /// uniforms bit for bit, normals within 1 ulp (they go through the platform libm).
 fn rng_known_answers() -> Result<()> {
     if philox4x32_10([0; 4], [0; 2]) != [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8] {
-        return Err(fail(
-            "philox4x32_10(0, 0) differs from Random123's known answer".into(),
-        ));
+        return Err(fail("philox4x32_10(0, 0) differs from Random123's known answer".into()));
     }
     let raw = [0x5bbd83b1, 0x68784c85, 0x172067aa, 0x2e6b75b7];
     let uniform = [0x3eb77b06, 0x3ed0f09a, 0x3db90338, 0x3e39add4];
     let normal = [0xbf99a318u32, 0x3f483a0c, 0x3f6ac550, 0x3ffef420];
     if Philox::at(42, 7).next_u32s(4) != raw {
-        return Err(fail(
-            "raw stream (seed 42, offset 7) differs from the recorded values".into(),
-        ));
+        return Err(fail("raw stream (seed 42, offset 7) differs from the recorded values".into()));
     }
-    let u: Vec<u32> = Philox::at(42, 7)
-        .uniform_vec(4)
-        .iter()
-        .map(|x| x.to_bits())
-        .collect();
+    let u: Vec<u32> = Philox::at(42, 7).uniform_vec(4).iter().map(|x| x.to_bits()).collect();
     if u != uniform {
-        return Err(fail(format!(
-            "uniforms (seed 42, offset 7) are {u:x?}, expected {uniform:x?}"
-        )));
+        return Err(fail(format!("uniforms (seed 42, offset 7) are {u:x?}, expected {uniform:x?}")));
     }
-    for (i, (z, w)) in Philox::at(42, 7)
-        .normal_vec(4)
-        .into_iter()
-        .zip(normal)
-        .enumerate()
-    {
+    for (i, (z, w)) in Philox::at(42, 7).normal_vec(4).into_iter().zip(normal).enumerate() {
         if z.to_bits().abs_diff(w) > 1 {
-            return Err(fail(format!(
-                "normal {i} (seed 42, offset 7) is {z}, expected {}",
-                f32::from_bits(w)
-            )));
+            return Err(fail(format!("normal {i} (seed 42, offset 7) is {z}, expected {}", f32::from_bits(w))));
         }
     }
     Ok(())
@@ -118,58 +95,32 @@ fn grad_unary() -> Result<()> {
 
 fn grad_matmul() -> Result<()> {
     let gc = GradCheck::default();
-    gc.run("matmul 2-D", &[randn(&[3, 5], 4), randn(&[5, 7], 5)], |x| {
-        ops::matmul(&x[0], &x[1])
-    })?;
-    gc.run(
-        "matmul batched",
-        &[randn(&[2, 3, 5], 6), randn(&[2, 5, 4], 7)],
-        |x| ops::matmul(&x[0], &x[1]),
-    )?;
-    gc.run(
-        "matmul broadcast",
-        &[randn(&[2, 3, 5], 8), randn(&[5, 4], 9)],
-        |x| ops::matmul(&x[0], &x[1]),
-    )
+    gc.run("matmul 2-D", &[randn(&[3, 5], 4), randn(&[5, 7], 5)], |x| ops::matmul(&x[0], &x[1]))?;
+    gc.run("matmul batched", &[randn(&[2, 3, 5], 6), randn(&[2, 5, 4], 7)], |x| ops::matmul(&x[0], &x[1]))?;
+    gc.run("matmul broadcast", &[randn(&[2, 3, 5], 8), randn(&[5, 4], 9)], |x| ops::matmul(&x[0], &x[1]))
 }
 
 fn grad_linear() -> Result<()> {
     let gc = GradCheck::default();
     let inputs = [randn(&[2, 3, 6], 10), randn(&[5, 6], 11), randn(&[5], 12)];
-    gc.run("linear", &inputs, |x| {
-        ops::linear(&x[0], &x[1], Some(&x[2]))
-    })
+    gc.run("linear", &inputs, |x| ops::linear(&x[0], &x[1], Some(&x[2])))
 }
 
 fn grad_reduce() -> Result<()> {
     let gc = GradCheck::default();
     let x = randn(&[3, 5, 7], 13);
-    gc.run("sum", std::slice::from_ref(&x), |x| {
-        ops::sum(&x[0], &[1], false)
-    })?;
-    gc.run("mean", std::slice::from_ref(&x), |x| {
-        ops::mean(&x[0], &[0, 2], true)
-    })?;
+    gc.run("sum", std::slice::from_ref(&x), |x| ops::sum(&x[0], &[1], false))?;
+    gc.run("mean", std::slice::from_ref(&x), |x| ops::mean(&x[0], &[0, 2], true))?;
     // max is not differentiable at ties: distinct values 0.05 apart (> 2·eps) keep every
     // finite-difference probe on one side of the kink.
-    let spread: Vec<f32> = (0..105)
-        .map(|i| ((i * 37) % 105) as f32 * 0.05 - 2.6)
-        .collect();
-    gc.run("max", &[Tensor::from_vec(spread, &[3, 5, 7])?], |x| {
-        ops::max(&x[0], &[-1], false)
-    })
+    let spread: Vec<f32> = (0..105).map(|i| ((i * 37) % 105) as f32 * 0.05 - 2.6).collect();
+    gc.run("max", &[Tensor::from_vec(spread, &[3, 5, 7])?], |x| ops::max(&x[0], &[-1], false))
 }
 
 /// mean(W2 · gelu(W1 x + b1) + b2): every input and parameter checked at once.
 fn grad_mlp() -> Result<()> {
     let gc = GradCheck::default();
-    let inputs = [
-        randn(&[4, 6], 14),
-        randn(&[9, 6], 15),
-        randn(&[9], 16),
-        randn(&[3, 9], 17),
-        randn(&[3], 18),
-    ];
+    let inputs = [randn(&[4, 6], 14), randn(&[9, 6], 15), randn(&[9], 16), randn(&[3, 9], 17), randn(&[3], 18)];
     gc.run("mlp", &inputs, |x| {
         let h = ops::gelu(&ops::linear(&x[0], &x[1], Some(&x[2]))?)?;
         ops::mean(&ops::linear(&h, &x[3], Some(&x[4]))?, &[1], false)
@@ -194,10 +145,7 @@ fn io_round_trip() -> Result<()> {
         for (name, t) in &tensors {
             let back = file.get_checked(name, t.shape())?;
             if back.dtype() != t.dtype() || back.to_bytes()? != t.to_bytes()? {
-                return Err(fail(format!(
-                    "{}: tensor '{name}' changed in the round trip",
-                    path.display()
-                )));
+                return Err(fail(format!("{}: tensor '{name}' changed in the round trip", path.display())));
             }
         }
         Ok(())

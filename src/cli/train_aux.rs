@@ -43,7 +43,13 @@ pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({ "held_out_samples": 1024, "shape_acc": acc[0], "color_acc": acc[1], "position_acc": acc[2], "size_acc": acc[3] });
     eprintln!("evaluator held-out accuracy: {report}");
     let out = a.out.clone().unwrap_or_else(|| dir.path("export")).join("evaluator");
-    save_folder(&out, "model.safetensors", &store.named(), &serde_json::json!({ "image_size": demo::IMAGE_SIZE, "accuracy": report, "train": cfg }), DType::F32)?;
+    save_folder(
+        &out,
+        "model.safetensors",
+        &store.named(),
+        &serde_json::json!({ "image_size": demo::IMAGE_SIZE, "accuracy": report, "train": cfg }),
+        DType::F32,
+    )?;
     super::plots::loss_curve(&dir, "loss", "train-evaluator cross-entropy")?;
     eprintln!("exported evaluator to {}", out.display());
     Ok(())

@@ -41,10 +41,18 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }))?;
     let data = ShapesDataset::new(ShapesConfig { size: demo::IMAGE_SIZE, ..Default::default() }, cfg.seed)?;
     let text_store = ParamStore::new();
-    let text = DemoTextEncoder::new(&VarBuilder::fresh(&text_store, DType::F32, cfg.seed ^ 0x7e47), demo::tokenizer()?, demo::text_config())?;
+    let text = DemoTextEncoder::new(
+        &VarBuilder::fresh(&text_store, DType::F32, cfg.seed ^ 0x7e47),
+        demo::tokenizer()?,
+        demo::text_config(),
+    )?;
     let teacher_store = ParamStore::new();
-    let teacher = SD3Transformer2DModel::new(demo::teacher_config(), &VarBuilder::fresh(&teacher_store, DType::F32, cfg.seed ^ 0x7eac))?;
-    let mut params: Vec<(String, Tensor)> = teacher_store.named().into_iter().map(|(n, t)| (format!("transformer.{n}"), t)).collect();
+    let teacher = SD3Transformer2DModel::new(
+        demo::teacher_config(),
+        &VarBuilder::fresh(&teacher_store, DType::F32, cfg.seed ^ 0x7eac),
+    )?;
+    let mut params: Vec<(String, Tensor)> =
+        teacher_store.named().into_iter().map(|(n, t)| (format!("transformer.{n}"), t)).collect();
     params.extend(text_store.named().into_iter().map(|(n, t)| (format!("text_encoder.{n}"), t)));
     let ema = copy(&params)?;
     eprintln!(

@@ -57,10 +57,7 @@ impl ImageFolder {
             captions_from_metadata(&root, &metadata, &images)?
         } else {
             if images.is_empty() {
-                return Err(Error::format(
-                    &root,
-                    "no images (.png, .jpg, .jpeg) and no metadata.jsonl in this folder",
-                ));
+                return Err(Error::format(&root, "no images (.png, .jpg, .jpeg) and no metadata.jsonl in this folder"));
             }
             images
                 .into_iter()
@@ -110,31 +107,20 @@ impl ImageFolder {
     /// Images `[B, 3, S, S]` (decoded in parallel) and captions; the first failing image
     /// (in `indices` order) is the error.
     pub fn batch(&self, indices: &[usize]) -> Result<(Tensor, Vec<String>)> {
-        let loaded: Vec<Result<Vec<f32>>> = indices
-            .par_iter()
-            .map(|&i| load_image(&self.item(i)?.0, self.size))
-            .collect();
+        let loaded: Vec<Result<Vec<f32>>> =
+            indices.par_iter().map(|&i| load_image(&self.item(i)?.0, self.size)).collect();
         let s = self.size;
         let mut images = Vec::with_capacity(indices.len() * 3 * s * s);
         for image in loaded {
             images.extend_from_slice(&image?);
         }
         let captions = indices.iter().map(|&i| self.items[i].1.clone()).collect();
-        Ok((
-            Tensor::from_vec(images, &[indices.len(), 3, s, s])?,
-            captions,
-        ))
+        Ok((Tensor::from_vec(images, &[indices.len(), 3, s, s])?, captions))
     }
 
     fn item(&self, i: usize) -> Result<&(PathBuf, String)> {
         self.items.get(i).ok_or_else(|| {
-            Error::format(
-                &self.root,
-                format!(
-                    "image index {i} is out of range (the folder has {})",
-                    self.items.len()
-                ),
-            )
+            Error::format(&self.root, format!("image index {i} is out of range (the folder has {})", self.items.len()))
         })
     }
 }
@@ -142,9 +128,7 @@ impl ImageFolder {
 /// Decodes `path`, resizes and center-crops it to `size × size` (see the module doc), and
 /// returns `[3, size, size]` values in [−1, 1].
 pub fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        Error::format(path, format!("cannot read image: {what}{e}"))
-    };
+    let bad = |what: &str, e: &dyn std::fmt::Display| Error::format(path, format!("cannot read image: {what}{e}"));
     let decoded = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -154,10 +138,7 @@ pub fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
     let rgb = decoded.into_rgb32f();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if w == 0 || h == 0 {
-        return Err(Error::format(
-            path,
-            format!("cannot read image: it is {w}×{h} pixels"),
-        ));
+        return Err(Error::format(path, format!("cannot read image: it is {w}×{h} pixels")));
     }
     // Shorter side → size; the longer side as torchvision computes it (truncated).
     let (nw, nh) = if w <= h {
@@ -222,8 +203,7 @@ fn caption_from_txt(image: &Path) -> Result<String> {
             image,
             format!(
                 "missing caption: no {} beside it (and no {METADATA_FILE} in the folder)",
-                txt.file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                txt.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             ),
         )),
         Err(e) => Err(Error::io(&txt, e)),
@@ -232,11 +212,7 @@ fn caption_from_txt(image: &Path) -> Result<String> {
 
 /// The (image, caption) pairs of `metadata`, ordered by path; checks that every entry
 /// names an existing image and that every top-level image in `images` has an entry.
-fn captions_from_metadata(
-    root: &Path,
-    metadata: &Path,
-    images: &[PathBuf],
-) -> Result<Vec<(PathBuf, String)>> {
+fn captions_from_metadata(root: &Path, metadata: &Path, images: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     let text = std::fs::read_to_string(metadata).map_err(|e| Error::io(metadata, e))?;
     let at_line = |n: usize| PathBuf::from(format!("{}:{n}", metadata.display()));
     let mut captions: HashMap<PathBuf, (String, usize)> = HashMap::new();
@@ -246,55 +222,34 @@ fn captions_from_metadata(
             continue;
         }
         let entry: MetadataLine = serde_json::from_str(line).map_err(|e| {
-            Error::format(
-                at_line(n),
-                format!("expected a JSON object with \"file_name\" and \"text\" strings ({e})"),
-            )
+            Error::format(at_line(n), format!("expected a JSON object with \"file_name\" and \"text\" strings ({e})"))
         })?;
         // "./cat.png" and "cat.png" name the same image.
-        let relative: PathBuf = Path::new(&entry.file_name)
-            .components()
-            .filter(|c| *c != std::path::Component::CurDir)
-            .collect();
+        let relative: PathBuf =
+            Path::new(&entry.file_name).components().filter(|c| *c != std::path::Component::CurDir).collect();
         let path = root.join(relative);
         if !path.is_file() {
             return Err(Error::format(
                 at_line(n),
-                format!(
-                    "file_name {:?}: no such file in {}",
-                    entry.file_name,
-                    root.display()
-                ),
+                format!("file_name {:?}: no such file in {}", entry.file_name, root.display()),
             ));
         }
         if let Some((_, first)) = captions.insert(path, (entry.text, n)) {
             return Err(Error::format(
                 at_line(n),
-                format!(
-                    "file_name {:?} already has a caption on line {first}",
-                    entry.file_name
-                ),
+                format!("file_name {:?} already has a caption on line {first}", entry.file_name),
             ));
         }
     }
     if captions.is_empty() {
-        return Err(Error::format(
-            metadata,
-            "no entries (and so no images to load)",
-        ));
+        return Err(Error::format(metadata, "no entries (and so no images to load)"));
     }
     for image in images {
         if !captions.contains_key(image) {
-            return Err(Error::format(
-                image,
-                format!("missing caption: no entry for it in {}", metadata.display()),
-            ));
+            return Err(Error::format(image, format!("missing caption: no entry for it in {}", metadata.display())));
         }
     }
-    let mut items: Vec<(PathBuf, String)> = captions
-        .into_iter()
-        .map(|(path, (text, _))| (path, text))
-        .collect();
+    let mut items: Vec<(PathBuf, String)> = captions.into_iter().map(|(path, (text, _))| (path, text)).collect();
     items.sort();
     Ok(items)
 }

@@ -24,10 +24,7 @@ use crate::rng::Philox;
 /// outcome is fixed by the stream position, whatever was dropped before).
 pub fn drop_captions(captions: &mut [String], p: f32, rng: &mut Philox) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
-        return Err(Error::op(
-            "drop_captions",
-            format!("probability {p} is outside [0, 1]"),
-        ));
+        return Err(Error::op("drop_captions", format!("probability {p} is outside [0, 1]")));
     }
     let u = rng.uniform_vec(captions.len());
     for (caption, u) in captions.iter_mut().zip(u) {

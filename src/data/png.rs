@@ -34,11 +34,7 @@ impl GridLayout {
         while cols * cols < n {
             cols += 1;
         }
-        Self {
-            cols,
-            pad: 2,
-            zoom: 1,
-        }
+        Self { cols, pad: 2, zoom: 1 }
     }
 }
 
@@ -61,20 +57,11 @@ pub fn grid_rgb8(images: &Tensor, layout: GridLayout) -> Result<Rgb8> {
         &[b, 3, h, w] => (b, h, w),
         &[3, h, w] => (1, h, w),
         other => {
-            return Err(Error::op(
-                "png_grid",
-                format!("expected images [B, 3, H, W] or [3, H, W], got {other:?}"),
-            ))
+            return Err(Error::op("png_grid", format!("expected images [B, 3, H, W] or [3, H, W], got {other:?}")))
         }
     };
     if b == 0 || h == 0 || w == 0 || layout.cols == 0 || layout.zoom == 0 {
-        return Err(Error::op(
-            "png_grid",
-            format!(
-                "nothing to draw: images {:?}, layout {layout:?}",
-                images.shape()
-            ),
-        ));
+        return Err(Error::op("png_grid", format!("nothing to draw: images {:?}, layout {layout:?}", images.shape())));
     }
     let values = images.to_vec_f32()?;
     let GridLayout { cols, pad, zoom } = layout;
@@ -97,11 +84,7 @@ pub fn grid_rgb8(images: &Tensor, layout: GridLayout) -> Result<Rgb8> {
             }
         }
     }
-    Ok(Rgb8 {
-        width,
-        height,
-        data,
-    })
+    Ok(Rgb8 { width, height, data })
 }
 
 /// Writes an RGB image as a PNG file, atomically.
@@ -109,10 +92,7 @@ pub fn write_png(path: impl AsRef<Path>, image: &Rgb8) -> Result<()> {
     let path = path.as_ref();
     let (w, h) = (u32::try_from(image.width), u32::try_from(image.height));
     let (Ok(w), Ok(h)) = (w, h) else {
-        return Err(Error::format(
-            path,
-            "image too large for PNG (side over 2^32 pixels)",
-        ));
+        return Err(Error::format(path, "image too large for PNG (side over 2^32 pixels)"));
     };
     crate::io::atomic_write(path, |out| {
         image::codecs::png::PngEncoder::new(out)

@@ -124,10 +124,7 @@ impl Color {
             let p = c.rgb();
             (0..3).map(|k| (p[k] - rgb[k]).powi(2)).sum::<f32>()
         };
-        *Color::ALL
-            .iter()
-            .min_by(|a, b| dist(**a).total_cmp(&dist(**b)))
-            .expect("palette is not empty")
+        *Color::ALL.iter().min_by(|a, b| dist(**a).total_cmp(&dist(**b))).expect("palette is not empty")
     }
 }
 
@@ -153,8 +150,7 @@ impl ShapeLabel {
 
     /// Flat index in `0..COUNT`, shape-major: `((shape·7 + color)·9 + position)·2 + size`.
     pub fn index(&self) -> usize {
-        ((self.shape.index() * Color::ALL.len() + self.color.index()) * Position::ALL.len()
-            + self.position.index())
+        ((self.shape.index() * Color::ALL.len() + self.color.index()) * Position::ALL.len() + self.position.index())
             * Size::ALL.len()
             + self.size.index()
     }
@@ -177,13 +173,7 @@ impl ShapeLabel {
 
 /// `a {size} {color} {shape} {position}`, e.g. "a small red triangle at the top left".
 pub fn caption_of(label: &ShapeLabel) -> String {
-    format!(
-        "a {} {} {} {}",
-        label.size.text(),
-        label.color.text(),
-        label.shape.text(),
-        label.position.text()
-    )
+    format!("a {} {} {} {}", label.size.text(), label.color.text(), label.shape.text(), label.position.text())
 }
 
 /// The label of a caption in the form [`caption_of`] writes. Case, punctuation and
@@ -204,9 +194,7 @@ pub fn parse_caption(caption: &str) -> Option<ShapeLabel> {
 
 /// Every label, in flat-index order ([`ShapeLabel::index`]).
 pub fn all_labels() -> Vec<ShapeLabel> {
-    (0..ShapeLabel::COUNT)
-        .map(|i| ShapeLabel::from_index(i).expect("index below COUNT"))
-        .collect()
+    (0..ShapeLabel::COUNT).map(|i| ShapeLabel::from_index(i).expect("index below COUNT")).collect()
 }
 
 /// The evaluation prompt set: the caption of every label, in [`all_labels`] order.
@@ -244,10 +232,7 @@ pub struct ShapesConfig {
 
 impl Default for ShapesConfig {
     fn default() -> Self {
-        Self {
-            size: 32,
-            supersample: 4,
-        }
+        Self { size: 32, supersample: 4 }
     }
 }
 
@@ -293,10 +278,7 @@ const CIRCLE_RADIUS: f32 = 0.95;
 /// dataset's streams apart from any other use of the same seed.
 pub fn sample_key(seed: u64, index: u64) -> u64 {
     const TAG: u32 = 0x5348_4150; // "SHAP"
-    let b = philox4x32_10(
-        [index as u32, (index >> 32) as u32, TAG, 0],
-        [seed as u32, (seed >> 32) as u32],
-    );
+    let b = philox4x32_10([index as u32, (index >> 32) as u32, TAG, 0], [seed as u32, (seed >> 32) as u32]);
     u64::from(b[0]) | (u64::from(b[1]) << 32)
 }
 
@@ -345,11 +327,7 @@ fn unit_polygon(shape: Shape) -> Vec<[f32; 2]> {
             // Equilateral, point up, circumradius 1.25, its bounding box centered.
             let (r, s) = (1.25_f32, 3f32.sqrt() / 2.0);
             let dy = -r / 4.0;
-            vec![
-                [0.0, r + dy],
-                [-r * s, -r / 2.0 + dy],
-                [r * s, -r / 2.0 + dy],
-            ]
+            vec![[0.0, r + dy], [-r * s, -r / 2.0 + dy], [r * s, -r / 2.0 + dy]]
         }
         // Taller than wide, so it is no rotated square.
         Shape::Diamond => vec![[0.0, 1.15], [0.72, 0.0], [0.0, -1.15], [-0.72, 0.0]],
@@ -400,17 +378,11 @@ impl ShapesDataset {
         if !(16..=4096).contains(&cfg.size) {
             return Err(Error::op(
                 "shapes",
-                format!(
-                    "image size {} is outside 16..=4096 (small shapes need ≥ 3 px)",
-                    cfg.size
-                ),
+                format!("image size {} is outside 16..=4096 (small shapes need ≥ 3 px)", cfg.size),
             ));
         }
         if !(1..=16).contains(&cfg.supersample) {
-            return Err(Error::op(
-                "shapes",
-                format!("supersample {} is outside 1..=16", cfg.supersample),
-            ));
+            return Err(Error::op("shapes", format!("supersample {} is outside 1..=16", cfg.supersample)));
         }
         Ok(Self { cfg, seed })
     }
@@ -490,12 +462,8 @@ impl ShapesDataset {
         let outline = self.outline(&label, &u);
         let mask = self.coverage(&outline);
 
-        let bg_from: Vec<f32> = (0..3)
-            .map(|c| BG_MIN + (BG_MAX - BG_MIN) * u[draw::BG_FROM + c])
-            .collect();
-        let bg_to: Vec<f32> = (0..3)
-            .map(|c| BG_MIN + (BG_MAX - BG_MIN) * u[draw::BG_TO + c])
-            .collect();
+        let bg_from: Vec<f32> = (0..3).map(|c| BG_MIN + (BG_MAX - BG_MIN) * u[draw::BG_FROM + c]).collect();
+        let bg_to: Vec<f32> = (0..3).map(|c| BG_MIN + (BG_MAX - BG_MIN) * u[draw::BG_TO + c]).collect();
         let angle = 2.0 * PI * u[draw::BG_ANGLE];
         let (dx, dy) = (libm::cosf(angle), libm::sinf(angle));
         let brightness = 0.88 + 0.12 * u[draw::BRIGHTNESS];
@@ -529,20 +497,15 @@ impl ShapesDataset {
         let r = sf * (lo + span * u[draw::SCALE]);
         let unit = (label.shape != Shape::Circle).then(|| unit_polygon(label.shape));
         // Keep the whole shape, at any rotation, half a pixel inside the image.
-        let extent = unit.as_ref().map_or(CIRCLE_RADIUS, |points| {
-            points.iter().map(|[x, y]| x.hypot(*y)).fold(0.0, f32::max)
-        });
+        let extent =
+            unit.as_ref().map_or(CIRCLE_RADIUS, |points| points.iter().map(|[x, y]| x.hypot(*y)).fold(0.0, f32::max));
         let margin = extent * r + 0.5;
         let (row, col) = label.position.cell();
         let shift = |k: usize| sf * SHIFT * (2.0 * u[k] - 1.0);
         let cx = (sf * CELL_CENTERS[col] + shift(draw::SHIFT_X)).clamp(margin, sf - margin);
         let cy = (sf * CELL_CENTERS[row] + shift(draw::SHIFT_Y)).clamp(margin, sf - margin);
         let Some(unit) = unit else {
-            return Outline::Circle {
-                cx,
-                cy,
-                r: CIRCLE_RADIUS * r,
-            };
+            return Outline::Circle { cx, cy, r: CIRCLE_RADIUS * r };
         };
         let theta = (2.0 * u[draw::ROTATION] - 1.0) * MAX_ROTATION_DEG.to_radians();
         let (cos, sin) = (libm::cosf(theta), libm::sinf(theta));
@@ -562,10 +525,7 @@ impl ShapesDataset {
         let (size, ss) = (self.cfg.size, self.cfg.supersample);
         let (xs, ys): (Vec<f32>, Vec<f32>) = match outline {
             Outline::Circle { cx, cy, .. } => (vec![*cx], vec![*cy]),
-            Outline::Polygon(v) => (
-                v.iter().map(|p| p[0]).collect(),
-                v.iter().map(|p| p[1]).collect(),
-            ),
+            Outline::Polygon(v) => (v.iter().map(|p| p[0]).collect(), v.iter().map(|p| p[1]).collect()),
         };
         let pad = match outline {
             Outline::Circle { r, .. } => *r,
@@ -574,10 +534,7 @@ impl ShapesDataset {
         let range = |vals: &[f32]| {
             let lo = vals.iter().copied().fold(f32::INFINITY, f32::min) - pad;
             let hi = vals.iter().copied().fold(f32::NEG_INFINITY, f32::max) + pad;
-            (
-                lo.floor().max(0.0) as usize,
-                (hi.ceil().max(0.0) as usize).min(size),
-            )
+            (lo.floor().max(0.0) as usize, (hi.ceil().max(0.0) as usize).min(size))
         };
         let ((x0, x1), (y0, y1)) = (range(&xs), range(&ys));
         let step = 1.0 / ss as f32;

@@ -36,11 +36,7 @@ const LISTED_WORDS: usize = 60;
 
 /// The lowercased words of `text` (see the module doc for what a word is).
 pub fn split_words(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect()
+    text.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect()
 }
 
 /// One encoded text.
@@ -98,10 +94,7 @@ impl Tokenizer {
             ));
         }
         if vocab.len() > u32::MAX as usize {
-            return Err(Error::op(
-                "tokenizer",
-                "vocabulary has more than 2^32 entries",
-            ));
+            return Err(Error::op("tokenizer", "vocabulary has more than 2^32 entries"));
         }
         let mut index = HashMap::with_capacity(vocab.len());
         for (id, word) in vocab.iter().enumerate() {
@@ -123,22 +116,11 @@ impl Tokenizer {
             }
         }
         let special = |name: &str| {
-            index
-                .get(name)
-                .copied()
-                .ok_or_else(|| Error::op("tokenizer", format!("vocabulary has no {name} token")))
+            index.get(name).copied().ok_or_else(|| Error::op("tokenizer", format!("vocabulary has no {name} token")))
         };
         let (pad, bos, eos) = (special(PAD)?, special(BOS)?, special(EOS)?);
         let unk = index.get(UNK).copied();
-        Ok(Self {
-            vocab,
-            index,
-            max_len,
-            pad,
-            bos,
-            eos,
-            unk,
-        })
+        Ok(Self { vocab, index, max_len, pad, bos, eos, unk })
     }
 
     /// Reads a vocabulary file written by [`Tokenizer::save`].
@@ -152,10 +134,7 @@ impl Tokenizer {
 
     /// Writes the vocabulary file atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let file = VocabFile {
-            max_len: self.max_len,
-            vocab: self.vocab.clone(),
-        };
+        let file = VocabFile { max_len: self.max_len, vocab: self.vocab.clone() };
         crate::io::atomic_write_json(path, &file)
     }
 
@@ -223,11 +202,7 @@ impl Tokenizer {
             ids.extend_from_slice(&e.ids);
             eos.push(e.eos);
         }
-        Ok(BatchEncoding {
-            ids,
-            eos,
-            max_len: self.max_len,
-        })
+        Ok(BatchEncoding { ids, eos, max_len: self.max_len })
     }
 
     /// The words of an id sequence, joined by spaces: `<bos>` and `<pad>` are skipped,
@@ -245,10 +220,7 @@ impl Tokenizer {
             let word = self.vocab.get(id as usize).ok_or_else(|| {
                 Error::op(
                     "tokenizer",
-                    format!(
-                        "id {id} at position {i} is outside the vocabulary of {}",
-                        self.vocab.len()
-                    ),
+                    format!("id {id} at position {i} is outside the vocabulary of {}", self.vocab.len()),
                 )
             })?;
             words.push(word.as_str());
@@ -257,23 +229,9 @@ impl Tokenizer {
     }
 
     fn unknown_error(&self, unknown: &[&str], text: &str) -> Error {
-        let words: Vec<&str> = self
-            .vocab
-            .iter()
-            .map(String::as_str)
-            .filter(|w| ![PAD, BOS, EOS].contains(w))
-            .collect();
-        let listed = words
-            .iter()
-            .take(LISTED_WORDS)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
-        let more = if words.len() > LISTED_WORDS {
-            format!(" … ({} in all)", words.len())
-        } else {
-            String::new()
-        };
+        let words: Vec<&str> = self.vocab.iter().map(String::as_str).filter(|w| ![PAD, BOS, EOS].contains(w)).collect();
+        let listed = words.iter().take(LISTED_WORDS).copied().collect::<Vec<_>>().join(" ");
+        let more = if words.len() > LISTED_WORDS { format!(" … ({} in all)", words.len()) } else { String::new() };
         let quoted: Vec<String> = unknown.iter().map(|w| format!("'{w}'")).collect();
         Error::op(
             "tokenizer",

@@ -89,7 +89,13 @@ impl Backbone for VitBackbone {
         let d = self.vit.cfg.hidden_size;
         self.layers
             .iter()
-            .map(|&l| out.hidden_states[l].narrow(1, skip, gh * gw)?.reshape(&[b, gh, gw, d])?.permute(&[0, 3, 1, 2])?.contiguous())
+            .map(|&l| {
+                out.hidden_states[l]
+                    .narrow(1, skip, gh * gw)?
+                    .reshape(&[b, gh, gw, d])?
+                    .permute(&[0, 3, 1, 2])?
+                    .contiguous()
+            })
             .collect()
     }
 

@@ -62,7 +62,10 @@ pub fn train(
     cfg: &ClassifierTrainConfig,
     dir: &RunDir,
 ) -> Result<()> {
-    let mut opt = AdamW::with_groups(vec![ParamGroup { params: params.to_vec(), weight_decay: None }], AdamWConfig { lr: cfg.lr, weight_decay: 1e-4, ..Default::default() })?;
+    let mut opt = AdamW::with_groups(
+        vec![ParamGroup { params: params.to_vec(), weight_decay: None }],
+        AdamWConfig { lr: cfg.lr, weight_decay: 1e-4, ..Default::default() },
+    )?;
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
     let mut log = dir.metrics(false)?;
     let progress = Progress::new(name, 0, cfg.steps);
@@ -81,7 +84,9 @@ pub fn train(
         opt.set_lr(lr_warmup_constant(step, cfg.warmup, cfg.lr));
         opt.step(&grads)?;
         if step % 10 == 0 || step == cfg.steps {
-            log.log(&serde_json::json!({ "step": step, "loss": lv, "grad_norm": gn, "it_per_s": progress.rate(step) }))?;
+            log.log(
+                &serde_json::json!({ "step": step, "loss": lv, "grad_norm": gn, "it_per_s": progress.rate(step) }),
+            )?;
         }
         progress.update(step, &format!("loss {lv:.4}"));
     }

@@ -69,11 +69,14 @@ pub fn generate(
         let noise = Tensor::randn(&shape, &mut rng);
         let x = match sampler {
             Sampler::Euler { sigmas, guidance } => {
-                let mut v = |x: &Tensor, s: f32| guided_velocity(model, x, &Tensor::full(s, &[b]), &cond, &uncond, *guidance);
+                let mut v =
+                    |x: &Tensor, s: f32| guided_velocity(model, x, &Tensor::full(s, &[b]), &cond, &uncond, *guidance);
                 euler_sample(&mut v, noise, sigmas)?
             }
             Sampler::Stochastic { sigmas } => {
-                let mut v = |x: &Tensor, s: f32| guided_velocity(model, x, &Tensor::full(s, &[b]), &cond, &uncond, Guidance::None);
+                let mut v = |x: &Tensor, s: f32| {
+                    guided_velocity(model, x, &Tensor::full(s, &[b]), &cond, &uncond, Guidance::None)
+                };
                 stochastic_sample(&mut v, noise, sigmas, &mut rng)?
             }
         };
@@ -96,7 +99,12 @@ pub struct EvalReport {
 
 /// Scores `images` (one per label) with the evaluator; `reference` are the teacher's
 /// 28-step features for FD-T.
-pub fn score(ev: &Evaluator, images: &Tensor, labels: &[ShapeLabel], reference: Option<&[f32]>) -> Result<(EvalReport, Vec<f32>)> {
+pub fn score(
+    ev: &Evaluator,
+    images: &Tensor,
+    labels: &[ShapeLabel],
+    reference: Option<&[f32]>,
+) -> Result<(EvalReport, Vec<f32>)> {
     let mut preds = Vec::new();
     let mut feats = Vec::new();
     let n = labels.len();
@@ -106,7 +114,9 @@ pub fn score(ev: &Evaluator, images: &Tensor, labels: &[ShapeLabel], reference: 
         preds.extend(p);
         feats.extend(f.to_vec_f32()?);
     }
-    let frac = |f: &dyn Fn(&ShapeLabel, &ShapeLabel) -> bool| preds.iter().zip(labels).filter(|(p, l)| f(p, l)).count() as f64 / n.max(1) as f64;
+    let frac = |f: &dyn Fn(&ShapeLabel, &ShapeLabel) -> bool| {
+        preds.iter().zip(labels).filter(|(p, l)| f(p, l)).count() as f64 / n.max(1) as f64
+    };
     let fd_t = match reference {
         Some(r) => Some(frechet_distance_of(&feats, r, FEATURE_DIM)?),
         None => None,

@@ -25,7 +25,11 @@ struct Conv {
 impl Conv {
     fn new(vb: &VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Self> {
         let bound = 1.0 / ((cin * 9) as f32).sqrt();
-        Ok(Conv { w: vb.get("weight", &[cout, cin, 3, 3], Init::Uniform(bound))?, b: vb.get("bias", &[cout], Init::Zeros)?, stride })
+        Ok(Conv {
+            w: vb.get("weight", &[cout, cin, 3, 3], Init::Uniform(bound))?,
+            b: vb.get("bias", &[cout], Init::Zeros)?,
+            stride,
+        })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = ops::conv2d(x, &self.w, Some(&self.b), (self.stride, self.stride), (1, 1))?;
@@ -128,9 +132,15 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
 pub fn predict(ev: &Evaluator, x: &Tensor) -> Result<(Vec<ShapeLabel>, Tensor)> {
     let _g = crate::autograd::no_grad();
     let o = ev.forward(x)?;
-    let (s, c, p, z) = (argmax_rows(&o.shape)?, argmax_rows(&o.color)?, argmax_rows(&o.position)?, argmax_rows(&o.size)?);
+    let (s, c, p, z) =
+        (argmax_rows(&o.shape)?, argmax_rows(&o.color)?, argmax_rows(&o.position)?, argmax_rows(&o.size)?);
     let labels = (0..s.len())
-        .map(|i| ShapeLabel { shape: Shape::ALL[s[i]], color: Color::ALL[c[i]], position: Position::ALL[p[i]], size: Size::ALL[z[i]] })
+        .map(|i| ShapeLabel {
+            shape: Shape::ALL[s[i]],
+            color: Color::ALL[c[i]],
+            position: Position::ALL[p[i]],
+            size: Size::ALL[z[i]],
+        })
         .collect();
     Ok((labels, o.features))
 }

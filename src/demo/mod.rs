@@ -4,10 +4,10 @@
 //! evaluator. Everything runs on a 2-core CPU; the trained weights ship in
 //! `assets/demo/` with the commands that remake them (assets/demo/README.md).
 
-pub mod eval;
 pub mod backbone;
 pub mod classifier;
 pub mod distill;
+pub mod eval;
 pub mod evaluator;
 pub mod teacher;
 pub mod text;
@@ -81,9 +81,16 @@ impl crate::nn::ParamSource for TensorFile {
 }
 
 /// Writes named tensors as `dir/file` (stored in `dtype`) plus `dir/config.json`.
-pub fn save_folder(dir: &Path, file: &str, params: &[(String, Tensor)], config: &serde_json::Value, dtype: DType) -> Result<()> {
+pub fn save_folder(
+    dir: &Path,
+    file: &str,
+    params: &[(String, Tensor)],
+    config: &serde_json::Value,
+    dtype: DType,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let cast: Vec<(String, Tensor)> = params.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(dtype)?.contiguous()?))).collect::<Result<_>>()?;
+    let cast: Vec<(String, Tensor)> =
+        params.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(dtype)?.contiguous()?))).collect::<Result<_>>()?;
     let refs: Vec<(String, &Tensor)> = cast.iter().map(|(n, t)| (n.clone(), t)).collect();
     io::save(dir.join(file), &refs, None)?;
     io::atomic_write_json(dir.join("config.json"), config)
@@ -94,7 +101,8 @@ pub fn save_folder(dir: &Path, file: &str, params: &[(String, Tensor)], config: 
 /// by diffusers itself.
 pub fn export_teacher(dir: &Path, cfg: &mmdit::Config, params: &[(String, Tensor)], dtype: DType) -> Result<()> {
     let m = cfg.pos_embed_max_size.expect("demo config sets it");
-    let table = sincos_2d_pos_embed_crop(cfg.inner_dim(), m, (cfg.sample_size / cfg.patch_size) as f64, 1.0, 0, 0, m, m);
+    let table =
+        sincos_2d_pos_embed_crop(cfg.inner_dim(), m, (cfg.sample_size / cfg.patch_size) as f64, 1.0, 0, 0, m, m);
     let mut all = params.to_vec();
     all.push((mmdit::POS_EMBED_BUFFER.to_string(), Tensor::from_vec(table, &[1, m * m, cfg.inner_dim()])?));
     let mut config = serde_json::to_value(cfg).expect("config serializes");
@@ -147,7 +155,11 @@ impl DemoWorld {
     /// Loads `assets/demo` (or `dir`): teacher/, text_encoder/, evaluator/.
     pub fn load(dir: &Path) -> Result<Self> {
         let (teacher, _) = crate::models::load_transformer(dir.join("teacher"), DType::F32, false)?;
-        Ok(DemoWorld { teacher, text: load_text_encoder(&dir.join("text_encoder"), false)?, evaluator: load_evaluator(&dir.join("evaluator"))? })
+        Ok(DemoWorld {
+            teacher,
+            text: load_text_encoder(&dir.join("text_encoder"), false)?,
+            evaluator: load_evaluator(&dir.join("evaluator"))?,
+        })
     }
 }
 

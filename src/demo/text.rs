@@ -76,7 +76,15 @@ impl DemoTextEncoder {
             .collect::<Result<_>>()?;
         let final_layer_norm = LayerNorm::new(&t.pp("final_layer_norm"), d, 1e-5, true)?;
         let params = vb.store().named();
-        Ok(DemoTextEncoder { tokenizer, token_embedding, position_embedding, layers, final_layer_norm, heads: cfg.num_attention_heads, params })
+        Ok(DemoTextEncoder {
+            tokenizer,
+            token_embedding,
+            position_embedding,
+            layers,
+            final_layer_norm,
+            heads: cfg.num_attention_heads,
+            params,
+        })
     }
 
     /// last_hidden_state [B, L, D] and pooled [B, D] (the state at each row's <eos>).
@@ -96,7 +104,12 @@ impl DemoTextEncoder {
             h = h.add(&layer.fc2.forward(&layer.fc1.forward(&x)?.quick_gelu()?)?)?;
         }
         let h = self.final_layer_norm.forward(&h)?;
-        let rows = enc.eos.iter().enumerate().map(|(i, &e)| h.narrow(0, i, 1)?.narrow(1, e, 1)?.reshape(&[1, d])).collect::<Result<Vec<_>>>()?;
+        let rows = enc
+            .eos
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| h.narrow(0, i, 1)?.narrow(1, e, 1)?.reshape(&[1, d]))
+            .collect::<Result<Vec<_>>>()?;
         let pooled = ops::concat(&rows.iter().collect::<Vec<_>>(), 0)?;
         Ok((h, pooled))
     }

@@ -18,7 +18,11 @@ use crate::tensor::Tensor;
 /// σ per batch element [B] → a shape that broadcasts against x [B, ...].
 fn per_sample(sigma: &Tensor, x: &Tensor) -> Result<Tensor> {
     if sigma.dims() != 1 || x.dims() == 0 || sigma.shape()[0] != x.shape()[0] {
-        return Err(Error::ShapeMismatch { op: "flow-matching σ", lhs: sigma.shape().to_vec(), rhs: x.shape().to_vec() });
+        return Err(Error::ShapeMismatch {
+            op: "flow-matching σ",
+            lhs: sigma.shape().to_vec(),
+            rhs: x.shape().to_vec(),
+        });
     }
     let mut s = vec![1; x.dims()];
     s[0] = x.shape()[0];

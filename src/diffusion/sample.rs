@@ -20,7 +20,11 @@ fn batch_sigma(x: &Tensor, s: f32) -> Tensor {
 
 /// Deterministic Euler: x ← x + (σ_{i+1} − σ_i)·v(x, σ_i) along the list (teacher
 /// sampling, and the few-step "Euler" mode of a distilled generator).
-pub fn euler_sample(velocity: &mut dyn FnMut(&Tensor, f32) -> Result<Tensor>, x: Tensor, sigmas: &[f32]) -> Result<Tensor> {
+pub fn euler_sample(
+    velocity: &mut dyn FnMut(&Tensor, f32) -> Result<Tensor>,
+    x: Tensor,
+    sigmas: &[f32],
+) -> Result<Tensor> {
     check_sigmas(sigmas)?;
     let _g = crate::autograd::no_grad();
     let mut x = x;

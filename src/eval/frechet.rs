@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 /// Mean and (unbiased, n−1) covariance of `n` row vectors of length `d`.
 pub fn mean_cov(features: &[f32], d: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     if d == 0 || features.len() % d != 0 || features.len() / d < 2 {
-        return Err(Error::Msg(format!("Fréchet distance needs at least 2 feature vectors of length {d}, got {} values", features.len())));
+        return Err(Error::Msg(format!(
+            "Fréchet distance needs at least 2 feature vectors of length {d}, got {} values",
+            features.len()
+        )));
     }
     let n = features.len() / d;
     let mut mu = vec![0f64; d];
@@ -46,7 +49,10 @@ pub fn symmetric_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
         v[i * d + i] = 1.0;
     }
     for _sweep in 0..100 {
-        let off: f64 = (0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * d + j].powi(2)).sum();
+        let off: f64 = (0..d)
+            .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * d + j].powi(2))
+            .sum();
         let diag: f64 = (0..d).map(|i| a[i * d + i].powi(2)).sum();
         if off <= 1e-30 * diag.max(1e-300) {
             break;

@@ -31,10 +31,7 @@ pub struct Series {
 
 impl Series {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Self {
-            name: name.into(),
-            points,
-        }
+        Self { name: name.into(), points }
     }
 }
 
@@ -107,26 +104,17 @@ pub fn render_line_chart(spec: &ChartSpec, series: &[Series]) -> Result<Vec<u8>>
     if w < MIN_SIZE.0 || h < MIN_SIZE.1 || w > MAX_SIDE || h > MAX_SIDE {
         return Err(Error::op(
             OP,
-            format!(
-                "chart size {w}x{h} is outside {}x{} ..= {MAX_SIDE}x{MAX_SIDE}",
-                MIN_SIZE.0, MIN_SIZE.1
-            ),
+            format!("chart size {w}x{h} is outside {}x{} ..= {MAX_SIDE}x{MAX_SIDE}", MIN_SIZE.0, MIN_SIZE.1),
         ));
     }
     let (w, h) = (w as usize, h as usize);
     let scale = (w / 640).min(h / 400).max(1);
-    let runs: Vec<Vec<Vec<(f64, f64)>>> = series
-        .iter()
-        .map(|s| drawable_runs(&s.points, spec.log_y))
-        .collect();
+    let runs: Vec<Vec<Vec<(f64, f64)>>> = series.iter().map(|s| drawable_runs(&s.points, spec.log_y)).collect();
     let all_points = || runs.iter().flatten().flatten();
     let x_range = data_range(all_points().map(|p| p.0));
     let y_range = data_range(all_points().map(|p| p.1));
     let layout = Layout::fit(spec, w, h, scale, x_range, y_range).ok_or_else(|| {
-        Error::op(
-            OP,
-            format!("a {w}x{h} chart leaves no room for the plot beside its labels; enlarge it"),
-        )
+        Error::op(OP, format!("a {w}x{h} chart leaves no room for the plot beside its labels; enlarge it"))
     })?;
 
     let mut canvas = Canvas::new(w, h);
@@ -168,11 +156,7 @@ pub fn render_line_chart(spec: &ChartSpec, series: &[Series]) -> Result<Vec<u8>>
 
 /// Renders the chart (see `render_line_chart`) and writes it to `path` as an 8-bit RGB PNG,
 /// atomically: readers see the old file or the whole new one.
-pub fn write_line_chart_png(
-    path: impl AsRef<Path>,
-    spec: &ChartSpec,
-    series: &[Series],
-) -> Result<()> {
+pub fn write_line_chart_png(path: impl AsRef<Path>, spec: &ChartSpec, series: &[Series]) -> Result<()> {
     use image::{ExtendedColorType, ImageEncoder};
     let path = path.as_ref();
     let pixels = render_line_chart(spec, series)?;
@@ -291,10 +275,8 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, f64) {
     if !step.is_normal() || !(0.0..100.0).contains(&(last - first)) {
         return (Vec::new(), step);
     }
-    let mut ticks: Vec<f64> = (0..=(last - first) as usize)
-        .map(|i| (first + i as f64) * step)
-        .filter(|v| (lo..=hi).contains(v))
-        .collect();
+    let mut ticks: Vec<f64> =
+        (0..=(last - first) as usize).map(|i| (first + i as f64) * step).filter(|v| (lo..=hi).contains(v)).collect();
     ticks.dedup();
     (ticks, step)
 }
@@ -302,9 +284,7 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, f64) {
 /// Base-10 exponent of `v` as printed, e.g. -3 for 1.5e-3.
 fn decimal_exponent(v: f64) -> i32 {
     let s = format!("{v:e}");
-    s.split_once('e')
-        .and_then(|(_, e)| e.parse().ok())
-        .unwrap_or(0)
+    s.split_once('e').and_then(|(_, e)| e.parse().ok()).unwrap_or(0)
 }
 
 fn trim_zeros(s: &str) -> &str {
@@ -358,11 +338,7 @@ impl Axis {
     fn linear(lo: f64, hi: f64, target: usize) -> Self {
         let (ticks, step) = nice_ticks(lo, hi, target);
         let labels = linear_labels(&ticks, step);
-        Self {
-            lo,
-            hi,
-            ticks: ticks.into_iter().zip(labels).collect(),
-        }
+        Self { lo, hi, ticks: ticks.into_iter().zip(labels).collect() }
     }
 
     /// `lo..hi` are log10 of the values.
@@ -380,20 +356,12 @@ impl Axis {
             };
             let (first, last) = (lo.floor() as i32, hi.ceil() as i32);
             let ticks: Vec<(f64, String)> = if 3.0 * span <= (target + 2) as f64 {
-                (first..=last)
-                    .flat_map(|d| [1.0, 2.0, 5.0].map(|m| decade(d, m)))
-                    .collect()
+                (first..=last).flat_map(|d| [1.0, 2.0, 5.0].map(|m| decade(d, m))).collect()
             } else {
                 let every = nice_step(span, target).round().max(1.0) as i32;
-                (first..=last)
-                    .filter(|d| d.rem_euclid(every) == 0)
-                    .map(|d| decade(d, 1.0))
-                    .collect()
+                (first..=last).filter(|d| d.rem_euclid(every) == 0).map(|d| decade(d, 1.0)).collect()
             };
-            ticks
-                .into_iter()
-                .filter(|(t, _)| (lo..=hi).contains(t))
-                .collect()
+            ticks.into_iter().filter(|(t, _)| (lo..=hi).contains(t)).collect()
         };
         Self { lo, hi, ticks }
     }
@@ -408,11 +376,7 @@ impl Axis {
     }
 
     fn max_label_width(&self, scale: usize) -> usize {
-        self.ticks
-            .iter()
-            .map(|(_, label)| font::text_width(label, scale))
-            .max()
-            .unwrap_or(0)
+        self.ticks.iter().map(|(_, label)| font::text_width(label, scale)).max().unwrap_or(0)
     }
 }
 
@@ -433,10 +397,7 @@ impl Rect {
         self.y1 - self.y0 + 1
     }
     fn center(&self) -> (i64, i64) {
-        (
-            ((self.x0 + self.x1) / 2) as i64,
-            ((self.y0 + self.y1) / 2) as i64,
-        )
+        (((self.x0 + self.x1) / 2) as i64, ((self.y0 + self.y1) / 2) as i64)
     }
 }
 
@@ -477,31 +438,12 @@ impl Layout {
         }
     }
 
-    fn place(
-        spec: &ChartSpec,
-        width: usize,
-        height: usize,
-        s: usize,
-        x: Axis,
-        y: Axis,
-    ) -> Option<Self> {
+    fn place(spec: &ChartSpec, width: usize, height: usize, s: usize, x: Axis, y: Axis) -> Option<Self> {
         let pad = 8 * s;
         let (tick_len, gap) = (4 * s, 3 * s);
-        let title_h = if spec.title.is_empty() {
-            0
-        } else {
-            CAP_H * 2 * s + pad
-        };
-        let y_label_w = if spec.y_label.is_empty() {
-            0
-        } else {
-            GLYPH_H * s + pad
-        };
-        let x_label_h = if spec.x_label.is_empty() {
-            0
-        } else {
-            GLYPH_H * s + pad / 2
-        };
+        let title_h = if spec.title.is_empty() { 0 } else { CAP_H * 2 * s + pad };
+        let y_label_w = if spec.y_label.is_empty() { 0 } else { GLYPH_H * s + pad };
+        let x_label_h = if spec.x_label.is_empty() { 0 } else { GLYPH_H * s + pad / 2 };
         let last_x_label = x.ticks.last().map_or(0, |(_, l)| font::text_width(l, s));
         let left = pad + y_label_w + y.max_label_width(s) + gap + tick_len;
         let right = pad + last_x_label / 2;
@@ -510,35 +452,17 @@ impl Layout {
         if left + right + 40 * s > width || top + bottom + 30 * s > height {
             return None;
         }
-        let plot = Rect {
-            x0: left,
-            y0: top,
-            x1: width - 1 - right,
-            y1: height - 1 - bottom,
-        };
-        Some(Self {
-            x,
-            y,
-            plot,
-            scale: s,
-            width,
-        })
+        let plot = Rect { x0: left, y0: top, x1: width - 1 - right, y1: height - 1 - bottom };
+        Some(Self { x, y, plot, scale: s, width })
     }
 
     /// Whether adjacent tick labels on (x, y) would touch.
     fn crowding(&self) -> (bool, bool) {
         let s = self.scale;
-        let min_gap = |px: Vec<f64>| {
-            px.windows(2)
-                .map(|p| (p[1] - p[0]).abs())
-                .fold(f64::INFINITY, f64::min)
-        };
+        let min_gap = |px: Vec<f64>| px.windows(2).map(|p| (p[1] - p[0]).abs()).fold(f64::INFINITY, f64::min);
         let x_px = self.x.ticks.iter().map(|t| self.x_pixel(t.0)).collect();
         let y_px = self.y.ticks.iter().map(|t| self.y_pixel(t.0)).collect();
-        (
-            min_gap(x_px) < (self.x.max_label_width(s) + 6 * s) as f64,
-            min_gap(y_px) < ((CAP_H + 4) * s) as f64,
-        )
+        (min_gap(x_px) < (self.x.max_label_width(s) + 6 * s) as f64, min_gap(y_px) < ((CAP_H + 4) * s) as f64)
     }
 
     fn x_pixel(&self, x: f64) -> f64 {
@@ -617,11 +541,7 @@ impl Layout {
         }
         let (p, s) = (self.plot, self.scale);
         let (inner, sample, row_h, margin) = (5 * s, 20 * s, (GLYPH_H + 2) * s, 6 * s);
-        let name_w = series
-            .iter()
-            .map(|x| font::text_width(&x.name, s))
-            .max()
-            .unwrap_or(0);
+        let name_w = series.iter().map(|x| font::text_width(&x.name, s)).max().unwrap_or(0);
         let box_w = (2 * inner + sample + inner + name_w).min(p.width());
         let box_h = (2 * inner + series.len() * row_h - 2 * s).min(p.height());
         let (left, right) = (p.x0 + margin, (p.x1 + 1).saturating_sub(margin + box_w));
@@ -632,18 +552,12 @@ impl Layout {
             (ly..(ly + box_h).min(p.height()))
                 .map(|r| {
                     let row = &ink[r * p.width()..(r + 1) * p.width()];
-                    row[lx.min(p.width())..(lx + box_w).min(p.width())]
-                        .iter()
-                        .filter(|&&b| b)
-                        .count()
+                    row[lx.min(p.width())..(lx + box_w).min(p.width())].iter().filter(|&&b| b).count()
                 })
                 .sum::<usize>()
         };
         // `min_by_key` keeps the first of equal minima, so the preference order holds.
-        let (bx, by) = corners
-            .into_iter()
-            .min_by_key(ink_under)
-            .unwrap_or(corners[0]);
+        let (bx, by) = corners.into_iter().min_by_key(ink_under).unwrap_or(corners[0]);
         let (bx, by) = (bx as i64, by as i64);
         canvas.fill(bx, by, box_w, box_h, WHITE);
         canvas.fill(bx, by, box_w, 1, LEGEND_BORDER);
@@ -656,13 +570,7 @@ impl Layout {
             let mid = top + (CAP_H * s) as i64 / 2;
             let color = PALETTE[i % PALETTE.len()];
             let sample_x = bx + inner as i64;
-            canvas.fill(
-                sample_x,
-                mid - thickness as i64 / 2,
-                sample,
-                thickness,
-                color,
-            );
+            canvas.fill(sample_x, mid - thickness as i64 / 2, sample, thickness, color);
             let text_x = sample_x + (sample + inner) as i64;
             canvas.text(text_x, top, &entry.name, s, INK);
         }
@@ -677,10 +585,7 @@ struct Coverage {
 
 impl Coverage {
     fn new(rect: Rect) -> Self {
-        Self {
-            rect,
-            cov: vec![0.0; rect.width() * rect.height()],
-        }
+        Self { rect, cov: vec![0.0; rect.width() * rect.height()] }
     }
 
     /// Adds a segment `a`–`b` (canvas pixel coordinates, pixel centers at integers) drawn
@@ -717,11 +622,7 @@ impl Coverage {
             }
             for col in col_lo as usize..=col_hi as usize {
                 let (px, py) = (col as f64 - ax, y - ay);
-                let t = if len2 > 0.0 {
-                    ((px * dx + py * dy) / len2).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
+                let t = if len2 > 0.0 { ((px * dx + py * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
                 let d = (px - t * dx).hypot(py - t * dy);
                 let c = (reach - d).clamp(0.0, 1.0) as f32;
                 let cell = &mut self.cov[row * w + col];
@@ -740,11 +641,7 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: usize, h: usize) -> Self {
-        Self {
-            w,
-            h,
-            px: vec![255; w * h * 3],
-        }
+        Self { w, h, px: vec![255; w * h * 3] }
     }
 
     /// Fills the `w`×`h` rectangle with top-left (x, y), clipped to the image.
@@ -804,13 +701,7 @@ impl Canvas {
         let len = font::text_width(text, scale) as i64;
         Self::glyph_pixels(text, |col, row| {
             let (along, across) = ((col * scale) as i64, (row * scale) as i64);
-            self.fill(
-                x + across,
-                y + len - along - scale as i64,
-                scale,
-                scale,
-                color,
-            );
+            self.fill(x + across, y + len - along - scale as i64, scale, scale, color);
         });
     }
 }
@@ -825,54 +716,24 @@ mod tests {
 
     #[test]
     fn linear_ticks_use_1_2_5_steps() {
-        assert_eq!(
-            labels(&Axis::linear(0.0, 1.0, 5)),
-            ["0", "0.2", "0.4", "0.6", "0.8", "1"]
-        );
-        assert_eq!(
-            labels(&Axis::linear(-3.0, 47.0, 5)),
-            ["0", "10", "20", "30", "40"]
-        );
-        assert_eq!(
-            labels(&Axis::linear(0.0011, 0.0019, 4)),
-            ["1.2e-3", "1.4e-3", "1.6e-3", "1.8e-3"]
-        );
-        assert_eq!(
-            labels(&Axis::linear(0.0, 250_000.0, 5)),
-            ["0", "5e4", "1e5", "1.5e5", "2e5", "2.5e5"]
-        );
-        assert_eq!(
-            labels(&Axis::linear(-1.0, 1.0, 5)),
-            ["-1", "-0.5", "0", "0.5", "1"]
-        );
+        assert_eq!(labels(&Axis::linear(0.0, 1.0, 5)), ["0", "0.2", "0.4", "0.6", "0.8", "1"]);
+        assert_eq!(labels(&Axis::linear(-3.0, 47.0, 5)), ["0", "10", "20", "30", "40"]);
+        assert_eq!(labels(&Axis::linear(0.0011, 0.0019, 4)), ["1.2e-3", "1.4e-3", "1.6e-3", "1.8e-3"]);
+        assert_eq!(labels(&Axis::linear(0.0, 250_000.0, 5)), ["0", "5e4", "1e5", "1.5e5", "2e5", "2.5e5"]);
+        assert_eq!(labels(&Axis::linear(-1.0, 1.0, 5)), ["-1", "-0.5", "0", "0.5", "1"]);
     }
 
     #[test]
     fn log_ticks_pick_decades_or_multiples() {
         // Five decades: every decade.
-        assert_eq!(
-            labels(&Axis::log(-4.2, 1.1, 5)),
-            ["1e-4", "1e-3", "0.01", "0.1", "1", "10"]
-        );
-        assert_eq!(
-            labels(&Axis::log(-3.2, 0.1, 5)),
-            ["1e-3", "0.01", "0.1", "1"]
-        );
+        assert_eq!(labels(&Axis::log(-4.2, 1.1, 5)), ["1e-4", "1e-3", "0.01", "0.1", "1", "10"]);
+        assert_eq!(labels(&Axis::log(-3.2, 0.1, 5)), ["1e-3", "0.01", "0.1", "1"]);
         // About one decade: 1-2-5 multiples.
-        assert_eq!(
-            labels(&Axis::log(-1.5, 0.0, 5)),
-            ["0.05", "0.1", "0.2", "0.5", "1"]
-        );
+        assert_eq!(labels(&Axis::log(-1.5, 0.0, 5)), ["0.05", "0.1", "0.2", "0.5", "1"]);
         // Under a decade: plain steps of the values.
-        assert_eq!(
-            labels(&Axis::log(0.25f64.log10(), 0.85f64.log10(), 5)),
-            ["0.3", "0.4", "0.5", "0.6", "0.7", "0.8"]
-        );
+        assert_eq!(labels(&Axis::log(0.25f64.log10(), 0.85f64.log10(), 5)), ["0.3", "0.4", "0.5", "0.6", "0.7", "0.8"]);
         // Twelve decades: every second.
-        assert_eq!(
-            labels(&Axis::log(-6.0, 6.0, 5)),
-            ["1e-6", "1e-4", "0.01", "1", "100", "10000", "1e6"]
-        );
+        assert_eq!(labels(&Axis::log(-6.0, 6.0, 5)), ["1e-6", "1e-4", "0.01", "1", "100", "10000", "1e6"]);
     }
 
     #[test]

@@ -15,10 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes `path` atomically with the bytes `write` produces. I/O errors inside `write`
 /// should be reported against `path` (the temp name is an implementation detail).
-pub fn atomic_write<T>(
-    path: impl AsRef<Path>,
-    write: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
-) -> Result<T> {
+pub fn atomic_write<T>(path: impl AsRef<Path>, write: impl FnOnce(&mut BufWriter<File>) -> Result<T>) -> Result<T> {
     let path = path.as_ref();
     let tmp = temp_path(path)?;
     let result = write_and_publish(path, &tmp, write);
@@ -30,43 +27,27 @@ pub fn atomic_write<T>(
 }
 
 /// Writes `value` as pretty JSON (with a trailing newline) atomically.
-pub fn atomic_write_json<T: serde::Serialize + ?Sized>(
-    path: impl AsRef<Path>,
-    value: &T,
-) -> Result<()> {
+pub fn atomic_write_json<T: serde::Serialize + ?Sized>(path: impl AsRef<Path>, value: &T) -> Result<()> {
     let path = path.as_ref();
     atomic_write(path, |w| {
-        serde_json::to_writer_pretty(&mut *w, value)
-            .map_err(|e| Error::format(path, format!("JSON: {e}")))?;
+        serde_json::to_writer_pretty(&mut *w, value).map_err(|e| Error::format(path, format!("JSON: {e}")))?;
         w.write_all(b"\n").map_err(|e| Error::io(path, e))
     })
 }
 
 fn temp_path(path: &Path) -> Result<PathBuf> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::format(path, "cannot write here: the path has no file name"))?;
+    let name = path.file_name().ok_or_else(|| Error::format(path, "cannot write here: the path has no file name"))?;
     let mut tmp = name.to_os_string();
-    tmp.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    tmp.push(format!(".tmp-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     Ok(path.with_file_name(tmp))
 }
 
-fn write_and_publish<T>(
-    path: &Path,
-    tmp: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
-) -> Result<T> {
+fn write_and_publish<T>(path: &Path, tmp: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<T>) -> Result<T> {
     let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let out = write(&mut w)?;
-    let file = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
+    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(path, e))?;
     drop(file);
     std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))?;
@@ -82,9 +63,7 @@ fn sync_dir(path: &Path) -> Result<()> {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
     }
     Ok(())
 }

@@ -18,10 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const SINGLE_FILES: [&str; 2] = ["diffusion_pytorch_model.safetensors", "model.safetensors"];
-const INDEX_FILES: [&str; 2] = [
-    "diffusion_pytorch_model.safetensors.index.json",
-    "model.safetensors.index.json",
-];
+const INDEX_FILES: [&str; 2] = ["diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"];
 
 pub struct ModelFolder {
     dir: PathBuf,
@@ -37,19 +34,11 @@ impl ModelFolder {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
-            let msg = if dir.exists() {
-                "not a directory"
-            } else {
-                "no such directory"
-            };
+            let msg = if dir.exists() { "not a directory" } else { "no such directory" };
             return Err(Error::format(dir, msg));
         }
         let config_path = dir.join("config.json");
-        let config = if config_path.is_file() {
-            Some(read_json(&config_path)?)
-        } else {
-            None
-        };
+        let config = if config_path.is_file() { Some(read_json(&config_path)?) } else { None };
         let (files, index) = match find_weights(dir)? {
             Weights::Single(path) => {
                 let f = SafeTensorsFile::open(path)?;
@@ -58,12 +47,7 @@ impl ModelFolder {
             }
             Weights::Sharded(index_path) => open_shards(dir, &index_path)?,
         };
-        Ok(ModelFolder {
-            dir: dir.to_path_buf(),
-            config,
-            files,
-            index,
-        })
+        Ok(ModelFolder { dir: dir.to_path_buf(), config, files, index })
     }
 
     pub fn dir(&self) -> &Path {
@@ -72,18 +56,14 @@ impl ModelFolder {
 
     /// The parsed `config.json`.
     pub fn config(&self) -> Result<&serde_json::Value> {
-        self.config
-            .as_ref()
-            .ok_or_else(|| Error::format(self.dir.join("config.json"), "not found"))
+        self.config.as_ref().ok_or_else(|| Error::format(self.dir.join("config.json"), "not found"))
     }
 
     /// The model class the config names: diffusers' `_class_name`, or the first of
     /// transformers' `architectures`.
     pub fn class_name(&self) -> Option<&str> {
         let c = self.config.as_ref()?;
-        c.get("_class_name")
-            .and_then(|v| v.as_str())
-            .or_else(|| c.get("architectures")?.get(0)?.as_str())
+        c.get("_class_name").and_then(|v| v.as_str()).or_else(|| c.get("architectures")?.get(0)?.as_str())
     }
 
     /// The opened weight files (one, or the shards in name order).
@@ -98,14 +78,7 @@ impl ModelFolder {
 
     /// (name, header entry) for every tensor, sorted by name.
     pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorMeta)> {
-        self.index.iter().map(|(k, &f)| {
-            (
-                k.as_str(),
-                self.files[f]
-                    .meta(k)
-                    .expect("indexed keys exist in their shard"),
-            )
-        })
+        self.index.iter().map(|(k, &f)| (k.as_str(), self.files[f].meta(k).expect("indexed keys exist in their shard")))
     }
 
     pub fn len(&self) -> usize {
@@ -127,10 +100,7 @@ impl ModelFolder {
     fn file(&self, name: &str) -> Result<&SafeTensorsFile> {
         match self.index.get(name) {
             Some(&f) => Ok(&self.files[f]),
-            None => Err(Error::MissingKey {
-                path: self.dir.clone(),
-                key: name.to_string(),
-            }),
+            None => Err(Error::MissingKey { path: self.dir.clone(), key: name.to_string() }),
         }
     }
 
@@ -152,23 +122,13 @@ impl ModelFolder {
     /// Fails unless the folder holds exactly the `expected` (name, shape) pairs; one error
     /// lists all missing keys, unexpected keys and shape mismatches (first 20 of each).
     pub fn check_keys(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
-        check_keys(
-            &self.dir,
-            self.tensors().map(|(k, m)| (k, m.shape.as_slice())),
-            expected,
-        )
+        check_keys(&self.dir, self.tensors().map(|(k, m)| (k, m.shape.as_slice())), expected)
     }
 }
 
 impl std::fmt::Debug for ModelFolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ModelFolder({}, {} tensors in {} files)",
-            self.dir.display(),
-            self.index.len(),
-            self.files.len()
-        )
+        write!(f, "ModelFolder({}, {} tensors in {} files)", self.dir.display(), self.index.len(), self.files.len())
     }
 }
 
@@ -192,24 +152,13 @@ fn find_weights(dir: &Path) -> Result<Weights> {
     if let Some(n) = INDEX_FILES.iter().find(|n| has(n)) {
         return Ok(Weights::Sharded(dir.join(n)));
     }
-    let indexes: Vec<&String> = names
-        .iter()
-        .filter(|n| n.ends_with(".safetensors.index.json"))
-        .collect();
+    let indexes: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors.index.json")).collect();
     match indexes.as_slice() {
         [one] => return Ok(Weights::Sharded(dir.join(one))),
         [] => {}
-        many => {
-            return Err(Error::format(
-                dir,
-                format!("several weight indexes, cannot choose: {}", join(many)),
-            ))
-        }
+        many => return Err(Error::format(dir, format!("several weight indexes, cannot choose: {}", join(many)))),
     }
-    let files: Vec<&String> = names
-        .iter()
-        .filter(|n| n.ends_with(".safetensors"))
-        .collect();
+    let files: Vec<&String> = names.iter().filter(|n| n.ends_with(".safetensors")).collect();
     match files.as_slice() {
         [one] => Ok(Weights::Single(dir.join(one))),
         [] => Err(Error::format(
@@ -219,21 +168,13 @@ fn find_weights(dir: &Path) -> Result<Weights> {
         )),
         many => Err(Error::format(
             dir,
-            format!(
-                "{} .safetensors files and no index to choose between them: {}",
-                many.len(),
-                join(many)
-            ),
+            format!("{} .safetensors files and no index to choose between them: {}", many.len(), join(many)),
         )),
     }
 }
 
 fn join(names: &[&String]) -> String {
-    names
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -243,10 +184,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// Opens every shard named in the index's `weight_map` once and checks that each listed
 /// tensor is in the shard the index names.
-fn open_shards(
-    dir: &Path,
-    index_path: &Path,
-) -> Result<(Vec<SafeTensorsFile>, BTreeMap<String, usize>)> {
+fn open_shards(dir: &Path, index_path: &Path) -> Result<(Vec<SafeTensorsFile>, BTreeMap<String, usize>)> {
     let json = read_json(index_path)?;
     let map = json
         .get("weight_map")
@@ -255,12 +193,9 @@ fn open_shards(
     let mut shard_names: Vec<&str> = Vec::new();
     let mut key_shard: Vec<(&String, &str)> = Vec::with_capacity(map.len());
     for (key, v) in map {
-        let shard = v.as_str().ok_or_else(|| {
-            Error::format(
-                index_path,
-                format!("weight_map entry '{key}' is not a file name"),
-            )
-        })?;
+        let shard = v
+            .as_str()
+            .ok_or_else(|| Error::format(index_path, format!("weight_map entry '{key}' is not a file name")))?;
         // Shards live beside the index; a path elsewhere is a corrupt or hostile index.
         if Path::new(shard).file_name().and_then(|f| f.to_str()) != Some(shard) {
             return Err(Error::format(
@@ -273,15 +208,10 @@ fn open_shards(
     }
     shard_names.sort_unstable();
     shard_names.dedup();
-    let files = shard_names
-        .iter()
-        .map(|s| SafeTensorsFile::open(dir.join(s)))
-        .collect::<Result<Vec<_>>>()?;
+    let files = shard_names.iter().map(|s| SafeTensorsFile::open(dir.join(s))).collect::<Result<Vec<_>>>()?;
     let mut index = BTreeMap::new();
     for (key, shard) in key_shard {
-        let f = shard_names
-            .binary_search(&shard)
-            .expect("every shard name was collected");
+        let f = shard_names.binary_search(&shard).expect("every shard name was collected");
         if !files[f].contains(key) {
             return Err(Error::format(
                 index_path,

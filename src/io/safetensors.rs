@@ -82,29 +82,19 @@ impl SafeTensorsFile {
         // maps on the old inode). Another process truncating the file while it is mapped
         // would fault on access; that is outside the engine's control, as with any mmap.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (n, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| header_error(path, &map, e))?;
+        let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| header_error(path, &map, e))?;
         let start = N_LEN + n;
         let tensors = meta
             .tensors()
             .into_iter()
             .map(|(name, info)| {
                 let (s, e) = info.data_offsets;
-                let m = TensorMeta {
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    bytes: start + s..start + e,
-                };
+                let m = TensorMeta { dtype: info.dtype, shape: info.shape.clone(), bytes: start + s..start + e };
                 (name, m)
             })
             .collect();
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Ok(SafeTensorsFile {
-            path: path.to_path_buf(),
-            map: Arc::new(map),
-            tensors,
-            metadata,
-        })
+        Ok(SafeTensorsFile { path: path.to_path_buf(), map: Arc::new(map), tensors, metadata })
     }
 
     pub fn path(&self) -> &Path {
@@ -143,10 +133,7 @@ impl SafeTensorsFile {
     }
 
     fn entry(&self, name: &str) -> Result<&TensorMeta> {
-        self.tensors.get(name).ok_or_else(|| Error::MissingKey {
-            path: self.path.clone(),
-            key: name.to_string(),
-        })
+        self.tensors.get(name).ok_or_else(|| Error::MissingKey { path: self.path.clone(), key: name.to_string() })
     }
 
     /// The tensor `name` as a zero-copy view of the map, in its file dtype (f32, bf16, f16).
@@ -158,11 +145,7 @@ impl SafeTensorsFile {
             got: m.dtype.to_string(),
             expected: "F32, BF16 or F16",
         })?;
-        let storage = CpuStorage::Mapped {
-            map: self.map.clone(),
-            bytes: m.bytes.clone(),
-            dtype,
-        };
+        let storage = CpuStorage::Mapped { map: self.map.clone(), bytes: m.bytes.clone(), dtype };
         Ok(Tensor::from_storage(Storage::Cpu(storage), &m.shape))
     }
 
@@ -197,30 +180,19 @@ impl SafeTensorsFile {
             });
         }
         let b = &self.map[m.bytes.clone()];
-        Ok(b.chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
-            .collect())
+        Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect())
     }
 
     /// Fails unless the file holds exactly the `expected` (name, shape) pairs; the error
     /// lists every missing, unexpected and mismatched key (see [`check_keys`]).
     pub fn check_keys(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
-        check_keys(
-            &self.path,
-            self.tensors().map(|(k, m)| (k, m.shape.as_slice())),
-            expected,
-        )
+        check_keys(&self.path, self.tensors().map(|(k, m)| (k, m.shape.as_slice())), expected)
     }
 }
 
 impl std::fmt::Debug for SafeTensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "SafeTensorsFile({}, {} tensors)",
-            self.path.display(),
-            self.tensors.len()
-        )
+        write!(f, "SafeTensorsFile({}, {} tensors)", self.path.display(), self.tensors.len())
     }
 }
 
@@ -253,20 +225,9 @@ pub fn check_keys<'a>(
     expected: &[(String, Vec<usize>)],
 ) -> Result<()> {
     let have: BTreeMap<&str, &[usize]> = have.collect();
-    let want: BTreeMap<&str, &[usize]> = expected
-        .iter()
-        .map(|(k, s)| (k.as_str(), s.as_slice()))
-        .collect();
-    let missing: Vec<String> = want
-        .keys()
-        .filter(|k| !have.contains_key(*k))
-        .map(|k| k.to_string())
-        .collect();
-    let unexpected: Vec<String> = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .map(|k| k.to_string())
-        .collect();
+    let want: BTreeMap<&str, &[usize]> = expected.iter().map(|(k, s)| (k.as_str(), s.as_slice())).collect();
+    let missing: Vec<String> = want.keys().filter(|k| !have.contains_key(*k)).map(|k| k.to_string()).collect();
+    let unexpected: Vec<String> = have.keys().filter(|k| !want.contains_key(*k)).map(|k| k.to_string()).collect();
     let mismatched: Vec<String> = want
         .iter()
         .filter_map(|(k, w)| match have.get(k) {
@@ -281,28 +242,18 @@ pub fn check_keys<'a>(
         if v.is_empty() {
             return None;
         }
-        let mut s = format!(
-            "{} {what}: {}",
-            v.len(),
-            v[..v.len().min(REPORT_LIMIT)].join(", ")
-        );
+        let mut s = format!("{} {what}: {}", v.len(), v[..v.len().min(REPORT_LIMIT)].join(", "));
         if v.len() > REPORT_LIMIT {
             s.push_str(&format!(", ... and {} more", v.len() - REPORT_LIMIT));
         }
         Some(s)
     };
-    let parts: Vec<String> = [
-        list("missing", &missing),
-        list("unexpected", &unexpected),
-        list("with wrong shape", &mismatched),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    Err(Error::format(
-        path,
-        format!("weights do not match the model: {}", parts.join("; ")),
-    ))
+    let parts: Vec<String> =
+        [list("missing", &missing), list("unexpected", &unexpected), list("with wrong shape", &mismatched)]
+            .into_iter()
+            .flatten()
+            .collect();
+    Err(Error::format(path, format!("weights do not match the model: {}", parts.join("; "))))
 }
 
 /// Writes `tensors` (CPU, any layout) to `path` atomically, each in its own dtype, with
@@ -316,20 +267,12 @@ pub fn save(
     let mut seen = HashSet::new();
     for (name, _) in tensors {
         if !seen.insert(name.as_str()) {
-            return Err(Error::format(
-                path,
-                format!("cannot save: tensor name '{name}' appears twice"),
-            ));
+            return Err(Error::format(path, format!("cannot save: tensor name '{name}' appears twice")));
         }
     }
     // f32 first (4-aligned offsets for in-place reads), then by name for a stable layout.
     let mut order: Vec<&(String, &Tensor)> = tensors.iter().collect();
-    order.sort_by(|a, b| {
-        b.1.dtype()
-            .size_in_bytes()
-            .cmp(&a.1.dtype().size_in_bytes())
-            .then_with(|| a.0.cmp(&b.0))
-    });
+    order.sort_by(|a, b| b.1.dtype().size_in_bytes().cmp(&a.1.dtype().size_in_bytes()).then_with(|| a.0.cmp(&b.0)));
     let mut infos = Vec::with_capacity(order.len());
     let mut offset = 0;
     for (name, t) in &order {
@@ -342,21 +285,17 @@ pub fn save(
         infos.push((name.clone(), info));
         offset += size;
     }
-    let meta = Metadata::new(metadata, infos)
-        .map_err(|e| Error::format(path, format!("cannot save: {e}")))?;
-    let mut header = serde_json::to_vec(&meta)
-        .map_err(|e| Error::format(path, format!("cannot save: header JSON: {e}")))?;
+    let meta = Metadata::new(metadata, infos).map_err(|e| Error::format(path, format!("cannot save: {e}")))?;
+    let mut header =
+        serde_json::to_vec(&meta).map_err(|e| Error::format(path, format!("cannot save: header JSON: {e}")))?;
     // Pad with spaces (valid JSON whitespace) so the data section starts 8-aligned.
     header.resize((N_LEN + header.len()).next_multiple_of(8) - N_LEN, b' ');
     atomic_write(path, |w| {
         let io = |e| Error::io(path, e);
-        w.write_all(&(header.len() as u64).to_le_bytes())
-            .map_err(io)?;
+        w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&header).map_err(io)?;
         for (name, t) in &order {
-            let bytes = t
-                .to_bytes()
-                .map_err(|e| Error::format(path, format!("cannot save tensor '{name}': {e}")))?;
+            let bytes = t.to_bytes().map_err(|e| Error::format(path, format!("cannot save tensor '{name}': {e}")))?;
             w.write_all(&bytes).map_err(io)?;
         }
         Ok(())
@@ -367,18 +306,12 @@ pub fn save(
 /// crate's error does not say, which tensor.
 fn header_error(path: &Path, file: &[u8], err: SafeTensorError) -> Error {
     let len = file.len();
-    let n = u64::from_le_bytes(
-        file[..N_LEN]
-            .try_into()
-            .expect("length checked before mapping"),
-    );
+    let n = u64::from_le_bytes(file[..N_LEN].try_into().expect("length checked before mapping"));
     let msg = match err {
         SafeTensorError::HeaderTooSmall => {
             format!("truncated file: {len} bytes, shorter than the 8-byte header length")
         }
-        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength
-            if n.saturating_add(8) > len as u64 =>
-        {
+        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength if n.saturating_add(8) > len as u64 => {
             format!("header length {n} bytes runs past the end of the file ({len} bytes): truncated, or not a safetensors file")
         }
         SafeTensorError::HeaderTooLarge => {
@@ -410,26 +343,14 @@ fn find_bad_tensor(header: &[u8], data_len: usize) -> Option<String> {
     let mut expected_start = 0;
     for (k, i) in &entries {
         let (s, e) = i.data_offsets;
-        let what = format!(
-            "tensor '{k}' ({} {:?}) has data offsets [{s}, {e})",
-            i.dtype, i.shape
-        );
+        let what = format!("tensor '{k}' ({} {:?}) has data offsets [{s}, {e})", i.dtype, i.shape);
         if s != expected_start || e < s {
-            return Some(format!(
-                "{what}, expected to start at {expected_start}: offsets overlap or leave a gap"
-            ));
+            return Some(format!("{what}, expected to start at {expected_start}: offsets overlap or leave a gap"));
         }
-        let need = i
-            .shape
-            .iter()
-            .try_fold(i.dtype.bitsize(), |a, &d| a.checked_mul(d))
-            .map(|b| b / 8);
+        let need = i.shape.iter().try_fold(i.dtype.bitsize(), |a, &d| a.checked_mul(d)).map(|b| b / 8);
         if need != Some(e - s) {
             let need = need.map_or("an overflowing number of".to_string(), |b| b.to_string());
-            return Some(format!(
-                "{what} = {} bytes, but its shape and dtype need {need} bytes",
-                e - s
-            ));
+            return Some(format!("{what} = {} bytes, but its shape and dtype need {need} bytes", e - s));
         }
         if e > data_len {
             return Some(format!(
@@ -440,9 +361,6 @@ fn find_bad_tensor(header: &[u8], data_len: usize) -> Option<String> {
         expected_start = e;
     }
     (expected_start < data_len).then(|| {
-        format!(
-            "{} bytes after the last tensor's data: not a valid safetensors file",
-            data_len - expected_start
-        )
+        format!("{} bytes after the last tensor's data: not a valid safetensors file", data_len - expected_start)
     })
 }

@@ -78,12 +78,7 @@ impl Default for Config {
 /// Config keys that do not change the text encoder's forward, besides
 /// [`hf::GENERIC_METADATA`]: the pad/bos ids (the tokenizer's business) and the
 /// weight-init scales.
-const IGNORED_KEYS: &[&str] = &[
-    "pad_token_id",
-    "bos_token_id",
-    "initializer_range",
-    "initializer_factor",
-];
+const IGNORED_KEYS: &[&str] = &["pad_token_id", "bos_token_id", "initializer_range", "initializer_factor"];
 
 impl Config {
     pub const MODEL_TYPE: &'static str = "clip_text_model";
@@ -143,13 +138,9 @@ impl Config {
             }
         };
         if hf::model_type(value).is_none() && hf::architecture(value).is_none() {
-            return Err(Error::format(
-                origin,
-                "config has neither model_type nor architectures",
-            ));
+            return Err(Error::format(origin, "config has neither model_type nor architectures"));
         }
-        let mut cfg: Config =
-            hf::parse_hf_config(value, &[Self::MODEL_TYPE], IGNORED_KEYS, origin)?;
+        let mut cfg: Config = hf::parse_hf_config(value, &[Self::MODEL_TYPE], IGNORED_KEYS, origin)?;
         cfg.with_projection = with_projection;
         cfg.validate().map_err(|m| Error::format(origin, m))?;
         Ok(cfg)
@@ -224,19 +215,13 @@ impl Attention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n) = (x.shape()[0], x.shape()[1]);
-        let split = |t: Tensor| {
-            t.reshape(&[b, n, self.heads, self.head_dim])?
-                .transpose(1, 2)
-        };
+        let split = |t: Tensor| t.reshape(&[b, n, self.heads, self.head_dim])?.transpose(1, 2);
         let q = split(self.q_proj.forward(x)?)?;
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         // scale = head_dim^-½, the op's default.
         let o = ops::causal_attention(&q, &k, &v, None, None)?;
-        self.out_proj.forward(
-            &o.transpose(1, 2)?
-                .reshape(&[b, n, self.heads * self.head_dim])?,
-        )
+        self.out_proj.forward(&o.transpose(1, 2)?.reshape(&[b, n, self.heads * self.head_dim])?)
     }
 }
 
@@ -266,11 +251,7 @@ impl EncoderLayer {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = x.add(&self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let m = self.fc2.forward(
-            &self
-                .act
-                .forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?,
-        )?;
+        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
         h.add(&m)
     }
 }
@@ -308,19 +289,13 @@ impl ClipTextModel {
         let t = match layout {
             KeyLayout::Prefixed => vb.pp("text_model"),
             KeyLayout::Bare if cfg.with_projection => {
-                return Err(Error::Msg(
-                    "CLIPTextModelWithProjection keeps its text tower under text_model.".into(),
-                ))
+                return Err(Error::Msg("CLIPTextModelWithProjection keeps its text tower under text_model.".into()))
             }
             KeyLayout::Bare => vb.clone(),
         };
         let d = cfg.hidden_size;
         Ok(ClipTextModel {
-            token_embedding: t.get(
-                "embeddings.token_embedding.weight",
-                &[cfg.vocab_size, d],
-                Init::Normal(0.02),
-            )?,
+            token_embedding: t.get("embeddings.token_embedding.weight", &[cfg.vocab_size, d], Init::Normal(0.02))?,
             position_embedding: t.get(
                 "embeddings.position_embedding.weight",
                 &[cfg.max_position_embeddings, d],
@@ -329,12 +304,7 @@ impl ClipTextModel {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| EncoderLayer::new(&t.pp(format!("encoder.layers.{i}")), &cfg))
                 .collect::<Result<_>>()?,
-            final_layer_norm: LayerNorm::new(
-                &t.pp("final_layer_norm"),
-                d,
-                cfg.layer_norm_eps as f32,
-                true,
-            )?,
+            final_layer_norm: LayerNorm::new(&t.pp("final_layer_norm"), d, cfg.layer_norm_eps as f32, true)?,
             text_projection: match (cfg.with_projection, cfg.projection_dim) {
                 (true, Some(p)) => Some(Linear::new(&vb.pp("text_projection"), d, p, false)?),
                 _ => None,
@@ -354,32 +324,20 @@ impl ClipTextModel {
             )));
         }
         if l > p {
-            return Err(Error::Msg(format!(
-                "input_ids has {l} tokens per row, more than max_position_embeddings {p}"
-            )));
+            return Err(Error::Msg(format!("input_ids has {l} tokens per row, more than max_position_embeddings {p}")));
         }
         let ids = input_ids
             .iter()
             .enumerate()
             .map(|(i, &id)| {
-                u32::try_from(id)
-                    .ok()
-                    .filter(|&u| (u as usize) < v)
-                    .ok_or_else(|| {
-                        Error::Msg(format!(
-                            "input_ids[{}, {}] = {id} is outside the vocabulary 0..{v}",
-                            i / l,
-                            i % l
-                        ))
-                    })
+                u32::try_from(id).ok().filter(|&u| (u as usize) < v).ok_or_else(|| {
+                    Error::Msg(format!("input_ids[{}, {}] = {id} is outside the vocabulary 0..{v}", i / l, i % l))
+                })
             })
             .collect::<Result<Vec<u32>>>()?;
         let d = self.cfg.hidden_size;
         let tokens = ops::embedding_u32(&ids, &[b, l], &self.token_embedding)?;
-        let pos = self
-            .position_embedding
-            .narrow(0, 0, l)?
-            .reshape(&[1, l, d])?;
+        let pos = self.position_embedding.narrow(0, 0, l)?.reshape(&[1, l, d])?;
         let mut x = tokens.add(&pos)?;
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(x.clone());
@@ -399,12 +357,7 @@ impl ClipTextModel {
             Some(proj) => Some(proj.forward(&pooler_output)?),
             None => None,
         };
-        Ok(ClipTextOutput {
-            last_hidden_state,
-            pooler_output,
-            hidden_states,
-            text_embeds,
-        })
+        Ok(ClipTextOutput { last_hidden_state, pooler_output, hidden_states, text_embeds })
     }
 
     /// The pooled position of each row (module doc).
@@ -437,11 +390,7 @@ fn position_ids_key(layout: KeyLayout) -> &'static str {
 /// possibly sharded), computing in `dtype`, frozen unless `trainable`. The key layout
 /// is read off the checkpoint; without `architectures` in the config, a
 /// `text_projection.weight` tensor makes it a CLIPTextModelWithProjection.
-pub fn load(
-    dir: impl AsRef<Path>,
-    dtype: DType,
-    trainable: bool,
-) -> Result<(ClipTextModel, ParamStore)> {
+pub fn load(dir: impl AsRef<Path>, dtype: DType, trainable: bool) -> Result<(ClipTextModel, ParamStore)> {
     let folder = ModelFolder::open(dir.as_ref())?;
     let config = folder.config()?;
     let mut cfg = Config::from_json(config, &folder.dir().join("config.json"))?;
@@ -455,14 +404,9 @@ pub fn load(
         KeyLayout::Bare
     };
     let pos_ids = position_ids_key(layout);
-    let extra: Vec<(String, Vec<usize>)> = folder
-        .meta(pos_ids)
-        .map(|m| (pos_ids.to_string(), m.shape.clone()))
-        .into_iter()
-        .collect();
-    hf::load_checked(folder, dtype, trainable, &extra, |vb| {
-        ClipTextModel::new(cfg.clone(), vb, layout)
-    })
+    let extra: Vec<(String, Vec<usize>)> =
+        folder.meta(pos_ids).map(|m| (pos_ids.to_string(), m.shape.clone())).into_iter().collect();
+    hf::load_checked(folder, dtype, trainable, &extra, |vb| ClipTextModel::new(cfg.clone(), vb, layout))
 }
 
 /// The CLIP BPE tokenizer of a checkpoint folder (HF `tokenizers`), configured as the
@@ -505,11 +449,8 @@ impl SpecialTokens {
             if !path.is_file() {
                 return Ok(None);
             }
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| Error::format(&path, e.to_string()))?;
-            serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| Error::format(&path, e.to_string()))
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::format(&path, e.to_string()))?;
+            serde_json::from_str(&text).map(Some).map_err(|e| Error::format(&path, e.to_string()))
         };
         let config = read_json("tokenizer_config.json")?.unwrap_or(serde_json::Value::Null);
         let map = match config.get("added_tokens_decoder") {
@@ -520,9 +461,7 @@ impl SpecialTokens {
         let token = |key: &str, default: &str| -> String {
             let pick = |v: Option<&serde_json::Value>| -> Option<String> {
                 let v = v?;
-                v.as_str()
-                    .or_else(|| v.get("content")?.as_str())
-                    .map(str::to_string)
+                v.as_str().or_else(|| v.get("content")?.as_str()).map(str::to_string)
             };
             pick(map.as_ref().and_then(|m| m.get(key)))
                 .or_else(|| pick(config.get(key)))
@@ -545,11 +484,7 @@ impl SpecialTokens {
 }
 
 /// transformers `CLIPTokenizer(vocab, merges)`'s pipeline (see [`Tokenizer`]).
-fn clip_bpe(
-    vocab: &Path,
-    merges: &Path,
-    special: &SpecialTokens,
-) -> tokenizers::Result<tokenizers::Tokenizer> {
+fn clip_bpe(vocab: &Path, merges: &Path, special: &SpecialTokens) -> tokenizers::Result<tokenizers::Tokenizer> {
     use tokenizers::models::bpe::BPE;
     use tokenizers::normalizers::{replace::ReplacePattern, Lowercase, Replace, Sequence, NFC};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -573,22 +508,14 @@ fn clip_bpe(
     ])))?;
     let clip_split = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
     tk.with_pre_tokenizer(Some(PreSequence::new(vec![
-        Split::new(
-            SplitPattern::Regex(clip_split.into()),
-            SplitDelimiterBehavior::Removed,
-            true,
-        )?
-        .into(),
+        Split::new(SplitPattern::Regex(clip_split.into()), SplitDelimiterBehavior::Removed, true)?.into(),
         ByteLevel::new(false, true, true).into(),
     ])));
     tk.with_decoder(Some(ByteLevel::default()));
     // transformers registers its named special tokens as added (special) tokens.
     let specials = [&special.bos, &special.eos, &special.unk, &special.pad];
     tk.add_special_tokens(specials.iter().map(|s| AddedToken::from(s.as_str(), true)))?;
-    let id = |t: &str| {
-        tk.token_to_id(t)
-            .ok_or_else(|| format!("special token '{t}' is not in the vocabulary"))
-    };
+    let id = |t: &str| tk.token_to_id(t).ok_or_else(|| format!("special token '{t}' is not in the vocabulary"));
     let (bos_id, eos_id) = (id(&special.bos)?, id(&special.eos)?);
     tk.with_post_processor(Some(
         RobertaProcessing::new((special.eos.clone(), eos_id), (special.bos.clone(), bos_id))
@@ -606,28 +533,16 @@ impl Tokenizer {
         let json = dir.join("tokenizer.json");
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         let inner = if json.is_file() {
-            tokenizers::Tokenizer::from_file(&json)
-                .map_err(|e| Error::format(&json, e.to_string()))?
+            tokenizers::Tokenizer::from_file(&json).map_err(|e| Error::format(&json, e.to_string()))?
         } else if vocab.is_file() && merges.is_file() {
             clip_bpe(&vocab, &merges, &special).map_err(|e| Error::format(dir, e.to_string()))?
         } else {
-            return Err(Error::format(
-                dir,
-                "no tokenizer.json, nor vocab.json + merges.txt",
-            ));
+            return Err(Error::format(dir, "no tokenizer.json, nor vocab.json + merges.txt"));
         };
-        let pad_id = inner.token_to_id(&special.pad).ok_or_else(|| {
-            Error::format(
-                dir,
-                format!("pad token '{}' is not in the vocabulary", special.pad),
-            )
-        })?;
-        Ok(Tokenizer {
-            inner,
-            pad_token: special.pad,
-            pad_id,
-            model_max_length: special.model_max_length,
-        })
+        let pad_id = inner
+            .token_to_id(&special.pad)
+            .ok_or_else(|| Error::format(dir, format!("pad token '{}' is not in the vocabulary", special.pad)))?;
+        Ok(Tokenizer { inner, pad_token: special.pad, pad_id, model_max_length: special.model_max_length })
     }
 
     /// `model_max_length` from tokenizer_config.json (77 for CLIP), the length the
@@ -644,16 +559,11 @@ impl Tokenizer {
     pub fn encode(&self, texts: &[&str], max_length: usize) -> Result<Vec<i64>> {
         use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, TruncationParams};
         if max_length < 2 {
-            return Err(Error::Msg(format!(
-                "max_length {max_length} leaves no room for BOS and EOS"
-            )));
+            return Err(Error::Msg(format!("max_length {max_length} leaves no room for BOS and EOS")));
         }
         let mut tk = self.inner.clone();
-        tk.with_truncation(Some(TruncationParams {
-            max_length,
-            ..Default::default()
-        }))
-        .map_err(|e| Error::Msg(format!("tokenizer: {e}")))?;
+        tk.with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+            .map_err(|e| Error::Msg(format!("tokenizer: {e}")))?;
         tk.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_length),
             direction: PaddingDirection::Right,
@@ -662,12 +572,7 @@ impl Tokenizer {
             pad_type_id: 0,
             pad_token: self.pad_token.clone(),
         }));
-        let encodings = tk
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::Msg(format!("tokenizer: {e}")))?;
-        Ok(encodings
-            .iter()
-            .flat_map(|e| e.get_ids().iter().map(|&id| id as i64))
-            .collect())
+        let encodings = tk.encode_batch(texts.to_vec(), true).map_err(|e| Error::Msg(format!("tokenizer: {e}")))?;
+        Ok(encodings.iter().flat_map(|e| e.get_ids().iter().map(|&id| id as i64)).collect())
     }
 }

@@ -382,7 +382,11 @@ impl FluxTransformer2DModel {
         let l = e.shape()[1];
         let axes = c.axes_dims_rope.len();
         if i.pooled_projections.shape() != [b, c.pooled_projection_dim] {
-            return bad("pooled_projections", i.pooled_projections.shape(), format!("[{b}, {}]", c.pooled_projection_dim));
+            return bad(
+                "pooled_projections",
+                i.pooled_projections.shape(),
+                format!("[{b}, {}]", c.pooled_projection_dim),
+            );
         }
         if i.timestep.shape() != [b] {
             return bad("timestep", i.timestep.shape(), format!("[{b}]"));
@@ -394,9 +398,13 @@ impl FluxTransformer2DModel {
             return bad("txt_ids", i.txt_ids.shape(), format!("[{l}, {axes}]"));
         }
         match (c.guidance_embeds, i.guidance) {
-            (true, None) => Err(Error::Msg("input 'guidance' is required: the model has guidance_embeds = true".into())),
+            (true, None) => {
+                Err(Error::Msg("input 'guidance' is required: the model has guidance_embeds = true".into()))
+            }
             (true, Some(g)) if g.shape() != [b] => bad("guidance", g.shape(), format!("[{b}]")),
-            (false, Some(_)) => Err(Error::Msg("input 'guidance' given, but the model has guidance_embeds = false".into())),
+            (false, Some(_)) => {
+                Err(Error::Msg("input 'guidance' given, but the model has guidance_embeds = false".into()))
+            }
             _ => Ok(()),
         }
     }

@@ -54,7 +54,11 @@ impl TransformerConfig {
             Some(flux::Config::CLASS) => Ok(Self::Flux(flux::Config::from_json(value, &cfg_path)?)),
             Some(other) => Err(Error::format(
                 &cfg_path,
-                format!("_class_name '{other}' is not supported here (expected {} or {})", mmdit::Config::CLASS, flux::Config::CLASS),
+                format!(
+                    "_class_name '{other}' is not supported here (expected {} or {})",
+                    mmdit::Config::CLASS,
+                    flux::Config::CLASS
+                ),
             )),
             None => Err(Error::format(&cfg_path, "config.json has no _class_name; cannot tell which model this is")),
         }

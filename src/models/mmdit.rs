@@ -130,7 +130,10 @@ impl Config {
             ));
         }
         if self.pos_embed_max_size.is_none() {
-            return Err("pos_embed_max_size null (uncropped position embeddings) is not supported; SD3 checkpoints set it".into());
+            return Err(
+                "pos_embed_max_size null (uncropped position embeddings) is not supported; SD3 checkpoints set it"
+                    .into(),
+            );
         }
         if let Some(&l) = self.dual_attention_layers.iter().find(|&&l| l >= self.num_layers) {
             return Err(format!("dual_attention_layers names layer {l}, but num_layers is {}", self.num_layers));
@@ -191,7 +194,8 @@ impl PatchEmbed {
                 format!("latent of {hp}×{wp} patches exceeds pos_embed_max_size {}", self.max_size),
             ));
         }
-        let patches = x.reshape(&[b, c, hp, p, wp, p])?.permute(&[0, 2, 4, 1, 3, 5])?.reshape(&[b, hp * wp, c * p * p])?;
+        let patches =
+            x.reshape(&[b, c, hp, p, wp, p])?.permute(&[0, 2, 4, 1, 3, 5])?.reshape(&[b, hp * wp, c * p * p])?;
         let w2 = self.weight.reshape(&[self.dim, c * p * p])?;
         let tokens = ops::linear(&patches, &w2, Some(&self.bias))?;
         tokens.add(&self.cropped_pos_embed(hp, wp)?)
@@ -427,7 +431,12 @@ impl SD3Transformer2DModel {
         Ok(SD3Transformer2DModel {
             pos_embed: PatchEmbed::new(&vb.pp("pos_embed"), &cfg)?,
             time_text_embed: TimeTextEmbed::new(&vb.pp("time_text_embed"), d, cfg.pooled_projection_dim)?,
-            context_embedder: Linear::new(&vb.pp("context_embedder"), cfg.joint_attention_dim, cfg.caption_projection_dim, true)?,
+            context_embedder: Linear::new(
+                &vb.pp("context_embedder"),
+                cfg.joint_attention_dim,
+                cfg.caption_projection_dim,
+                true,
+            )?,
             transformer_blocks: (0..cfg.num_layers)
                 .map(|i| JointTransformerBlock::new(&vb.pp(format!("transformer_blocks.{i}")), &cfg, i))
                 .collect::<Result<_>>()?,

@@ -61,23 +61,16 @@ pub fn parse_hf_config<T: DeserializeOwned>(
     ignored: &[&str],
     origin: &Path,
 ) -> Result<T> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| Error::format(origin, "config is not a JSON object"))?;
+    let obj = value.as_object().ok_or_else(|| Error::format(origin, "config is not a JSON object"))?;
     if let Some(mt) = model_type(value) {
         if !model_types.contains(&mt) {
-            return Err(Error::format(
-                origin,
-                format!("model_type '{mt}' is not {}", model_types.join(" or ")),
-            ));
+            return Err(Error::format(origin, format!("model_type '{mt}' is not {}", model_types.join(" or "))));
         }
     }
     let kept: serde_json::Map<String, serde_json::Value> = obj
         .iter()
         .filter(|(k, _)| {
-            !k.starts_with('_')
-                && !GENERIC_METADATA.contains(&k.as_str())
-                && !ignored.contains(&k.as_str())
+            !k.starts_with('_') && !GENERIC_METADATA.contains(&k.as_str()) && !ignored.contains(&k.as_str())
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
@@ -118,16 +111,10 @@ impl HiddenAct {
 
 /// The (name, shape) pairs a model built by `build` asks its `VarBuilder` for, from a
 /// shapes-only build (no allocation, so multi-billion-parameter configs are cheap).
-pub fn expected_params<M>(
-    build: impl FnOnce(&VarBuilder) -> Result<M>,
-) -> Result<Vec<(String, Vec<usize>)>> {
+pub fn expected_params<M>(build: impl FnOnce(&VarBuilder) -> Result<M>) -> Result<Vec<(String, Vec<usize>)>> {
     let store = ParamStore::new();
     build(&VarBuilder::meta(&store))?;
-    Ok(store
-        .named()
-        .into_iter()
-        .map(|(k, t)| (k, t.shape().to_vec()))
-        .collect())
+    Ok(store.named().into_iter().map(|(k, t)| (k, t.shape().to_vec())).collect())
 }
 
 /// Number of parameter elements of the model `build` makes, from a shapes-only build.

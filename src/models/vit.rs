@@ -141,27 +141,15 @@ impl Default for Config {
 /// [`hf::GENERIC_METADATA`]: the `Dinov2Backbone` options (which stages to return,
 /// whether to layer-norm / reshape them; the base model reads none of them) and the
 /// weight-init scale.
-const IGNORED_KEYS: &[&str] = &[
-    "apply_layernorm",
-    "reshape_hidden_states",
-    "out_features",
-    "out_indices",
-    "stage_names",
-    "initializer_range",
-];
+const IGNORED_KEYS: &[&str] =
+    &["apply_layernorm", "reshape_hidden_states", "out_features", "out_indices", "stage_names", "initializer_range"];
 
 impl Config {
     /// The architectures this file implements, by transformers class name.
     pub const CLASSES: [&'static str; 2] = ["Dinov2Model", "Dinov2WithRegistersModel"];
     pub const MODEL_TYPES: [&'static str; 2] = ["dinov2", "dinov2_with_registers"];
 
-    fn published(
-        variant: Variant,
-        hidden: usize,
-        layers: usize,
-        heads: usize,
-        swiglu: bool,
-    ) -> Self {
+    fn published(variant: Variant, hidden: usize, layers: usize, heads: usize, swiglu: bool) -> Self {
         Config {
             variant,
             hidden_size: hidden,
@@ -201,9 +189,7 @@ impl Config {
     pub fn from_json(value: &serde_json::Value, origin: &Path) -> Result<Self> {
         let variant = match (hf::model_type(value), hf::architecture(value)) {
             (Some("dinov2"), _) | (None, Some("Dinov2Model")) => Variant::Dinov2,
-            (Some("dinov2_with_registers"), _) | (None, Some("Dinov2WithRegistersModel")) => {
-                Variant::WithRegisters
-            }
+            (Some("dinov2_with_registers"), _) | (None, Some("Dinov2WithRegistersModel")) => Variant::WithRegisters,
             (mt, arch) => {
                 return Err(Error::format(
                     origin,
@@ -283,17 +269,14 @@ impl Config {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        let (Some(image), Some(patch)) = (self.image_size.square(), self.patch_size.square())
-        else {
+        let (Some(image), Some(patch)) = (self.image_size.square(), self.patch_size.square()) else {
             return Err(format!(
                 "non-square image_size {:?} / patch_size {:?}: the position grid is square",
                 self.image_size, self.patch_size
             ));
         };
         if patch == 0 || image / patch.max(1) < 2 {
-            return Err(format!(
-                "image_size {image} / patch_size {patch} must give a position grid of at least 2×2"
-            ));
+            return Err(format!("image_size {image} / patch_size {patch} must give a position grid of at least 2×2"));
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
@@ -407,34 +390,16 @@ impl Embeddings {
         let bound = 1.0 / ((c * p * p) as f32).sqrt();
         Ok(Embeddings {
             cls_token: vb.get("cls_token", &[1, 1, d], Init::Normal(0.02))?,
-            mask_token: if cfg.has_mask_token() {
-                Some(vb.get("mask_token", &[1, d], Init::Zeros)?)
-            } else {
-                None
-            },
+            mask_token: if cfg.has_mask_token() { Some(vb.get("mask_token", &[1, d], Init::Zeros)?) } else { None },
             register_tokens: match cfg.variant {
-                Variant::WithRegisters => Some(vb.get(
-                    "register_tokens",
-                    &[1, cfg.num_register_tokens(), d],
-                    Init::Zeros,
-                )?),
+                Variant::WithRegisters => {
+                    Some(vb.get("register_tokens", &[1, cfg.num_register_tokens(), d], Init::Zeros)?)
+                }
                 Variant::Dinov2 => None,
             },
-            position_embeddings: vb.get(
-                "position_embeddings",
-                &[1, 1 + g * g, d],
-                Init::Normal(0.02),
-            )?,
-            proj_weight: vb.get(
-                "patch_embeddings.projection.weight",
-                &[d, c, p, p],
-                Init::Uniform(bound),
-            )?,
-            proj_bias: vb.get(
-                "patch_embeddings.projection.bias",
-                &[d],
-                Init::Uniform(bound),
-            )?,
+            position_embeddings: vb.get("position_embeddings", &[1, 1 + g * g, d], Init::Normal(0.02))?,
+            proj_weight: vb.get("patch_embeddings.projection.weight", &[d, c, p, p], Init::Uniform(bound))?,
+            proj_bias: vb.get("patch_embeddings.projection.bias", &[d], Init::Uniform(bound))?,
             patch: p,
             grid: g,
             dim: d,
@@ -444,17 +409,13 @@ impl Embeddings {
 
     /// [B, C, H, W] → [B, 1 + R + (H/p)(W/p), D].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let &[b, c, h, w] = x.shape() else {
-            unreachable!("checked by Dinov2Model::forward")
-        };
+        let &[b, c, h, w] = x.shape() else { unreachable!("checked by Dinov2Model::forward") };
         let (p, d) = (self.patch, self.dim);
         let (hp, wp) = (h / p, w / p);
         // The stride-p conv ignores the last H mod p rows and W mod p columns.
         let x = x.narrow(2, 0, hp * p)?.narrow(3, 0, wp * p)?;
-        let patches = x
-            .reshape(&[b, c, hp, p, wp, p])?
-            .permute(&[0, 2, 4, 1, 3, 5])?
-            .reshape(&[b, hp * wp, c * p * p])?;
+        let patches =
+            x.reshape(&[b, c, hp, p, wp, p])?.permute(&[0, 2, 4, 1, 3, 5])?.reshape(&[b, hp * wp, c * p * p])?;
         let w2 = self.proj_weight.reshape(&[d, c * p * p])?;
         let tokens = ops::linear(&patches, &w2, Some(&self.proj_bias))?;
         let cls = self.cls_token.broadcast_to(&[b, 1, d])?;
@@ -485,18 +446,12 @@ impl Embeddings {
                  (load the model frozen, or compute in f32)"
             )));
         }
-        let patch_part = table
-            .narrow(1, 1, g * g)?
-            .to_dtype(DType::F32)?
-            .reshape(&[g, g * d])?;
+        let patch_part = table.narrow(1, 1, g * g)?.to_dtype(DType::F32)?.reshape(&[g, g * d])?;
         let wy = Tensor::from_vec(bicubic_matrix(g, hp, self.antialias), &[hp, g])?;
         let wx = Tensor::from_vec(bicubic_matrix(g, wp, self.antialias), &[wp, g])?;
         // Rows first ([hp, G·D] → [hp, G, D]), then columns, batched over the hp rows.
         let rows = wy.matmul(&patch_part)?.reshape(&[hp, g, d])?;
-        let grid = wx
-            .matmul(&rows)?
-            .reshape(&[1, hp * wp, d])?
-            .to_dtype(dtype)?;
+        let grid = wx.matmul(&rows)?.reshape(&[1, hp * wp, d])?.to_dtype(dtype)?;
         ops::concat(&[&table.narrow(1, 0, 1)?, &grid], 1)
     }
 }
@@ -529,19 +484,13 @@ impl Attention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n) = (x.shape()[0], x.shape()[1]);
-        let split = |t: Tensor| {
-            t.reshape(&[b, n, self.heads, self.head_dim])?
-                .transpose(1, 2)
-        };
+        let split = |t: Tensor| t.reshape(&[b, n, self.heads, self.head_dim])?.transpose(1, 2);
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
         // scale = head_dim^-½, the op's default.
         let o = ops::attention(&q, &k, &v, None, None)?;
-        self.dense.forward(
-            &o.transpose(1, 2)?
-                .reshape(&[b, n, self.heads * self.head_dim])?,
-        )
+        self.dense.forward(&o.transpose(1, 2)?.reshape(&[b, n, self.heads * self.head_dim])?)
     }
 }
 
@@ -549,15 +498,8 @@ impl Attention {
 /// `weights_in` = [gate; up] stacked on the output axis, `weights_out`).
 #[derive(Clone, Debug)]
 pub enum Mlp {
-    Plain {
-        fc1: Linear,
-        fc2: Linear,
-        act: HiddenAct,
-    },
-    SwiGlu {
-        weights_in: Linear,
-        weights_out: Linear,
-    },
+    Plain { fc1: Linear, fc2: Linear, act: HiddenAct },
+    SwiGlu { weights_in: Linear, weights_out: Linear },
 }
 
 impl Mlp {
@@ -580,10 +522,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Mlp::Plain { fc1, fc2, act } => fc2.forward(&act.forward(&fc1.forward(x)?)?),
-            Mlp::SwiGlu {
-                weights_in,
-                weights_out,
-            } => {
+            Mlp::SwiGlu { weights_in, weights_out } => {
                 // SwiGLU is SiLU-gated whatever hidden_act says (transformers ignores it too).
                 let gu = ops::chunk(&weights_in.forward(x)?, 2, -1)?;
                 weights_out.forward(&gu[0].silu()?.mul(&gu[1])?)
@@ -691,25 +630,15 @@ impl Dinov2Model {
         let last_hidden_state = self.layernorm.forward(&x)?;
         let (b, d) = (x.shape()[0], x.shape()[2]);
         let pooler_output = last_hidden_state.narrow(1, 0, 1)?.reshape(&[b, d])?;
-        Ok(Dinov2Output {
-            last_hidden_state,
-            pooler_output,
-            hidden_states,
-        })
+        Ok(Dinov2Output { last_hidden_state, pooler_output, hidden_states })
     }
 }
 
 /// Loads a transformers DINOv2 folder (config.json + model.safetensors, possibly
 /// sharded), computing in `dtype`; `trainable` = whether the tape tracks the weights
 /// (a frozen backbone still passes gradients to `pixel_values`).
-pub fn load(
-    dir: impl AsRef<Path>,
-    dtype: DType,
-    trainable: bool,
-) -> Result<(Dinov2Model, ParamStore)> {
+pub fn load(dir: impl AsRef<Path>, dtype: DType, trainable: bool) -> Result<(Dinov2Model, ParamStore)> {
     let folder = ModelFolder::open(dir.as_ref())?;
     let cfg = Config::from_json(folder.config()?, &folder.dir().join("config.json"))?;
-    hf::load_checked(folder, dtype, trainable, &[], |vb| {
-        Dinov2Model::new(cfg.clone(), vb)
-    })
+    hf::load_checked(folder, dtype, trainable, &[], |vb| Dinov2Model::new(cfg.clone(), vb))
 }

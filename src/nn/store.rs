@@ -77,17 +77,41 @@ pub struct VarBuilder {
 impl VarBuilder {
     /// Parameters initialized from `seed` (training from scratch).
     pub fn fresh(store: &ParamStore, dtype: DType, seed: u64) -> Self {
-        VarBuilder { prefix: String::new(), store: store.clone(), source: None, dtype, trainable: true, seed, meta: false }
+        VarBuilder {
+            prefix: String::new(),
+            store: store.clone(),
+            source: None,
+            dtype,
+            trainable: true,
+            seed,
+            meta: false,
+        }
     }
 
     /// Parameters loaded from a checkpoint; every requested key must exist there.
     pub fn from_source(store: &ParamStore, source: Arc<dyn ParamSource>, dtype: DType) -> Self {
-        VarBuilder { prefix: String::new(), store: store.clone(), source: Some(source), dtype, trainable: true, seed: 0, meta: false }
+        VarBuilder {
+            prefix: String::new(),
+            store: store.clone(),
+            source: Some(source),
+            dtype,
+            trainable: true,
+            seed: 0,
+            meta: false,
+        }
     }
 
     /// Records names and shapes without allocating (see `meta`).
     pub fn meta(store: &ParamStore) -> Self {
-        VarBuilder { prefix: String::new(), store: store.clone(), source: None, dtype: DType::F32, trainable: false, seed: 0, meta: true }
+        VarBuilder {
+            prefix: String::new(),
+            store: store.clone(),
+            source: None,
+            dtype: DType::F32,
+            trainable: false,
+            seed: 0,
+            meta: true,
+        }
     }
 
     /// Frozen parameters: the tape never tracks them (teachers, VFM backbones).
@@ -129,14 +153,19 @@ impl VarBuilder {
         let key = self.path(name);
         if let Some(t) = self.store.get(&key) {
             if t.shape() != shape {
-                return Err(Error::op("params", format!("'{key}' already exists with shape {:?}, requested {shape:?}", t.shape())));
+                return Err(Error::op(
+                    "params",
+                    format!("'{key}' already exists with shape {:?}, requested {shape:?}", t.shape()),
+                ));
             }
             return Ok(t);
         }
         let t = match &self.source {
             _ if self.meta => Tensor::scalar(0.0).broadcast_to(shape)?,
             Some(src) => {
-                let t = src.load(&key)?.ok_or_else(|| Error::Msg(format!("{}: missing tensor '{key}' (expected shape {shape:?})", src.describe())))?;
+                let t = src.load(&key)?.ok_or_else(|| {
+                    Error::Msg(format!("{}: missing tensor '{key}' (expected shape {shape:?})", src.describe()))
+                })?;
                 if t.shape() != shape {
                     return Err(Error::Msg(format!(
                         "{}: tensor '{key}' has shape {:?}, the config expects {shape:?}",

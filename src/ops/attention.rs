@@ -21,13 +21,7 @@ use crate::tensor::{Storage, Tensor};
 /// PyTorch equivalent: `F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale)`.
 /// One difference: a query whose keys are all masked (a batch whose mask is all 0)
 /// gets a zero output row and zero gradients, where torch returns NaN.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_mask: Option<&Tensor>,
-    scale: Option<f32>,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Option<&Tensor>, scale: Option<f32>) -> Result<Tensor> {
     attention_impl(q, k, v, key_mask, scale, false)
 }
 
@@ -65,29 +59,16 @@ fn attention_impl(
             if m.shape() != [shape.b, shape.nk] {
                 return Err(Error::op(
                     "attention",
-                    format!(
-                        "key_mask has shape {:?}, expected [B, Nk] = [{}, {}]",
-                        m.shape(),
-                        shape.b,
-                        shape.nk
-                    ),
+                    format!("key_mask has shape {:?}, expected [B, Nk] = [{}, {}]", m.shape(), shape.b, shape.nk),
                 ));
             }
-            Some(
-                m.cpu_f32()?
-                    .iter()
-                    .map(|&x| x != 0.0)
-                    .collect::<Vec<bool>>(),
-            )
+            Some(m.cpu_f32()?.iter().map(|&x| x != 0.0).collect::<Vec<bool>>())
         }
         None => None,
     };
     let scale = scale.unwrap_or(1.0 / (shape.d as f32).sqrt());
     if !scale.is_finite() {
-        return Err(Error::op(
-            "attention",
-            format!("scale must be finite, got {scale}"),
-        ));
+        return Err(Error::op("attention", format!("scale must be finite, got {scale}")));
     }
     let (pq, pk, pv) = (readable(q)?, readable(k)?, readable(v)?);
     let (gq, gk, gv) = (pq.read_storage(), pk.read_storage(), pv.read_storage());
@@ -124,10 +105,7 @@ fn attn_shape(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnShape> {
     let bad = |msg: &str| {
         let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
         let expected = "expected [B, H, Nq, D], [B, H, Nk, D], [B, H, Nk, Dv]";
-        Error::op(
-            "attention",
-            format!("{msg}: q {qs:?}, k {ks:?}, v {vs:?} ({expected})"),
-        )
+        Error::op("attention", format!("{msg}: q {qs:?}, k {ks:?}, v {vs:?} ({expected})"))
     };
     if q.dims() != 4 || k.dims() != 4 || v.dims() != 4 {
         return Err(bad("q, k, v must be 4-D"));
@@ -145,14 +123,7 @@ fn attn_shape(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnShape> {
     if qs[3] == 0 || vs[3] == 0 {
         return Err(bad("head dims must be at least 1"));
     }
-    Ok(AttnShape {
-        b: qs[0],
-        h: qs[1],
-        nq: qs[2],
-        nk: ks[2],
-        d: qs[3],
-        dv: vs[3],
-    })
+    Ok(AttnShape { b: qs[0], h: qs[1], nq: qs[2], nk: ks[2], d: qs[3], dv: vs[3] })
 }
 
 /// The tensor itself when the kernel can read it in place (f32 storage, contiguous
@@ -168,9 +139,7 @@ fn readable(t: &Tensor) -> Result<Tensor> {
 
 /// The strided view of a tensor prepared by `readable`, borrowed from its storage guard.
 fn heads<'a>(t: &Tensor, storage: &'a Storage) -> HeadsRef<'a> {
-    let Storage::Cpu(c) = storage else {
-        unreachable!("same_device rejects non-cpu tensors")
-    };
+    let Storage::Cpu(c) = storage else { unreachable!("same_device rejects non-cpu tensors") };
     let l = t.layout();
     HeadsRef {
         data: c.as_f32().expect("readable() checked f32 storage"),
@@ -203,13 +172,8 @@ impl Backward for AttentionBackward {
         let pairs = (s.b * s.h * s.nq * s.nk) as u64;
         super::counters::add_flops(2 * pairs * (3 * s.d + 2 * s.dv) as u64);
         let (po, pg) = (readable(&self.out)?, readable(g)?);
-        let (gq, gk, gv, go, gg) = (
-            self.q.read_storage(),
-            self.k.read_storage(),
-            self.v.read_storage(),
-            po.read_storage(),
-            pg.read_storage(),
-        );
+        let (gq, gk, gv, go, gg) =
+            (self.q.read_storage(), self.k.read_storage(), self.v.read_storage(), po.read_storage(), pg.read_storage());
         let args = AttnArgs {
             shape: s,
             q: heads(&self.q, &gq),

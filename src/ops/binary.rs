@@ -29,8 +29,11 @@ fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let name = op.name();
     same_device(name, &[a, b])?;
     let dtype = same_dtype(name, &[a, b])?;
-    let out_shape = cpu::binary::broadcast_shape(a.shape(), b.shape())
-        .ok_or_else(|| Error::ShapeMismatch { op: name, lhs: a.shape().to_vec(), rhs: b.shape().to_vec() })?;
+    let out_shape = cpu::binary::broadcast_shape(a.shape(), b.shape()).ok_or_else(|| Error::ShapeMismatch {
+        op: name,
+        lhs: a.shape().to_vec(),
+        rhs: b.shape().to_vec(),
+    })?;
     let (xa, xb) = (a.cpu_f32()?, b.cpu_f32()?);
     // One instantiation per op, so the element loop has no branch in it.
     let (sa, sb, so) = (a.shape(), b.shape(), out_shape.as_slice());

@@ -51,38 +51,24 @@ fn geometry(
     stride: (usize, usize),
     padding: (usize, usize),
 ) -> Result<Conv2dGeom> {
-    let mismatch = || Error::ShapeMismatch {
-        op: "conv2d",
-        lhs: x.shape().to_vec(),
-        rhs: w.shape().to_vec(),
-    };
+    let mismatch = || Error::ShapeMismatch { op: "conv2d", lhs: x.shape().to_vec(), rhs: w.shape().to_vec() };
     if x.dims() != 4 || w.dims() != 4 || x.shape()[1] != w.shape()[1] {
         return Err(mismatch());
     }
     if stride.0 == 0 || stride.1 == 0 {
-        return Err(Error::op(
-            "conv2d",
-            format!("stride {stride:?} must be positive"),
-        ));
+        return Err(Error::op("conv2d", format!("stride {stride:?} must be positive")));
     }
     let (xs, ws) = (x.shape(), w.shape());
     let (hp, wp) = (xs[2] + 2 * padding.0, xs[3] + 2 * padding.1);
     if ws[2] == 0 || ws[3] == 0 || hp < ws[2] || wp < ws[3] {
         return Err(Error::op(
             "conv2d",
-            format!(
-                "kernel {:?} does not fit input {xs:?} with padding {padding:?}",
-                &ws[2..]
-            ),
+            format!("kernel {:?} does not fit input {xs:?} with padding {padding:?}", &ws[2..]),
         ));
     }
     if let Some(b) = bias {
         if b.shape() != [ws[0]] {
-            return Err(Error::ShapeMismatch {
-                op: "conv2d bias",
-                lhs: b.shape().to_vec(),
-                rhs: vec![ws[0]],
-            });
+            return Err(Error::ShapeMismatch { op: "conv2d bias", lhs: b.shape().to_vec(), rhs: vec![ws[0]] });
         }
     }
     Ok(Conv2dGeom {
@@ -122,25 +108,18 @@ impl Backward for Conv2dBackward {
         let g = &self.g;
         let dy = grad.cpu_f32()?;
         let dx = match &self.w {
-            Some(w) => Some(cpu_out(
-                k::conv2d_bwd_input(g, &w.cpu_f32()?, &dy),
-                &[g.b, g.cin, g.h, g.w],
-                self.x_dtype,
-            )),
+            Some(w) => Some(cpu_out(k::conv2d_bwd_input(g, &w.cpu_f32()?, &dy), &[g.b, g.cin, g.h, g.w], self.x_dtype)),
             None => None,
         };
         let dw = match &self.x {
-            Some(x) => Some(cpu_out(
-                k::conv2d_bwd_weight(g, &x.cpu_f32()?, &dy),
-                &[g.cout, g.cin, g.kh, g.kw],
-                self.w_dtype,
-            )),
+            Some(x) => {
+                Some(cpu_out(k::conv2d_bwd_weight(g, &x.cpu_f32()?, &dy), &[g.cout, g.cin, g.kh, g.kw], self.w_dtype))
+            }
             None => None,
         };
         let mut grads = vec![dx, dw];
         if let Some(needed) = self.bias {
-            grads
-                .push(needed.then(|| cpu_out(k::conv2d_bwd_bias(g, &dy), &[g.cout], self.w_dtype)));
+            grads.push(needed.then(|| cpu_out(k::conv2d_bwd_bias(g, &dy), &[g.cout], self.w_dtype)));
         }
         Ok(grads)
     }
@@ -155,20 +134,14 @@ pub fn upsample_nearest2d(x: &Tensor, factor: usize) -> Result<Tensor> {
     if x.dims() != 4 || factor == 0 {
         return Err(Error::op(
             "upsample_nearest2d",
-            format!(
-                "expects a [B, C, H, W] input and a positive factor, got {:?} and {factor}",
-                x.shape()
-            ),
+            format!("expects a [B, C, H, W] input and a positive factor, got {:?} and {factor}", x.shape()),
         ));
     }
     let s = x.shape();
     let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
     let y = k::upsample_nearest2d_fwd(&x.cpu_f32()?, planes, h, w, factor);
     let out = cpu_out(y, &[s[0], s[1], h * factor, w * factor], x.dtype());
-    Ok(record(out, &[x], || UpsampleBackward {
-        shape: s.to_vec(),
-        factor,
-    }))
+    Ok(record(out, &[x], || UpsampleBackward { shape: s.to_vec(), factor }))
 }
 
 struct UpsampleBackward {

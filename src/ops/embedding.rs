@@ -36,42 +36,27 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
 pub fn embedding_u32(ids: &[u32], ids_shape: &[usize], table: &Tensor) -> Result<Tensor> {
     same_device("embedding", &[table])?;
     if ids.len() != ids_shape.iter().product::<usize>() {
-        return Err(Error::op(
-            "embedding",
-            format!("{} ids do not fill shape {:?}", ids.len(), ids_shape),
-        ));
+        return Err(Error::op("embedding", format!("{} ids do not fill shape {:?}", ids.len(), ids_shape)));
     }
     let v = table_rows(table)?;
     let idx = ids
         .iter()
         .enumerate()
-        .map(|(i, &x)| {
-            if (x as usize) < v {
-                Ok(x as usize)
-            } else {
-                Err(bad_id(&x.to_string(), i, ids_shape, v))
-            }
-        })
+        .map(|(i, &x)| if (x as usize) < v { Ok(x as usize) } else { Err(bad_id(&x.to_string(), i, ids_shape, v)) })
         .collect::<Result<Vec<_>>>()?;
     lookup(idx, ids_shape, table)
 }
 
 fn table_rows(table: &Tensor) -> Result<usize> {
     if table.dims() != 2 {
-        return Err(Error::op(
-            "embedding",
-            format!("table has shape {:?}, expected [V, D]", table.shape()),
-        ));
+        return Err(Error::op("embedding", format!("table has shape {:?}, expected [V, D]", table.shape())));
     }
     Ok(table.shape()[0])
 }
 
 fn bad_id(id: &str, flat: usize, shape: &[usize], v: usize) -> Error {
     let msg = format!("id {id} at flat position {flat} of ids {shape:?} is not a row of the table");
-    Error::op(
-        "embedding",
-        format!("{msg} (ids must be integers in 0..{v}; the table has {v} rows)"),
-    )
+    Error::op("embedding", format!("{msg} (ids must be integers in 0..{v}; the table has {v} rows)"))
 }
 
 fn lookup(idx: Vec<usize>, ids_shape: &[usize], table: &Tensor) -> Result<Tensor> {
@@ -118,10 +103,7 @@ pub fn timestep_embedding(
 ) -> Result<Tensor> {
     same_device("timestep_embedding", &[t])?;
     if t.dims() != 1 {
-        return Err(Error::op(
-            "timestep_embedding",
-            format!("t has shape {:?}, expected [B]", t.shape()),
-        ));
+        return Err(Error::op("timestep_embedding", format!("t has shape {:?}, expected [B]", t.shape())));
     }
     let p = TimestepParams {
         dim,
@@ -131,19 +113,11 @@ pub fn timestep_embedding(
         max_period: max_period as f64,
     };
     if dim >= 2 && (dim / 2) as f64 == p.downscale_freq_shift {
-        let msg =
-            format!("dim/2 − downscale_freq_shift is 0 (dim {dim}, shift {downscale_freq_shift})");
-        return Err(Error::op(
-            "timestep_embedding",
-            format!("{msg}: the frequencies are undefined"),
-        ));
+        let msg = format!("dim/2 − downscale_freq_shift is 0 (dim {dim}, shift {downscale_freq_shift})");
+        return Err(Error::op("timestep_embedding", format!("{msg}: the frequencies are undefined")));
     }
     let td = t.detach();
-    let out = cpu_out(
-        kernel::timestep_fwd(&td.cpu_f32()?, &p),
-        &[t.shape()[0], dim],
-        t.dtype(),
-    );
+    let out = cpu_out(kernel::timestep_fwd(&td.cpu_f32()?, &p), &[t.shape()[0], dim], t.dtype());
     Ok(record(out, &[t], || TimestepBackward { t: td, p }))
 }
 

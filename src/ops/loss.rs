@@ -34,11 +34,7 @@ fn regression(kind: Regression, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_device(name, &[a, b])?;
     let dtype = same_dtype(name, &[a, b])?;
     if a.shape() != b.shape() {
-        return Err(Error::ShapeMismatch {
-            op: name,
-            lhs: a.shape().to_vec(),
-            rhs: b.shape().to_vec(),
-        });
+        return Err(Error::ShapeMismatch { op: name, lhs: a.shape().to_vec(), rhs: b.shape().to_vec() });
     }
     let (av, bv) = (a.cpu_f32()?, b.cpu_f32()?);
     let total = match kind {
@@ -74,10 +70,7 @@ impl Backward for RegressionBackward {
             Regression::PseudoHuber(c) => k::pseudo_huber_grad(&av, &bv, c, scale),
         };
         let shape = self.a.shape();
-        let gb = self
-            .needs
-            .1
-            .then(|| cpu_out(ga.iter().map(|v| -v).collect(), shape, self.b.dtype()));
+        let gb = self.needs.1.then(|| cpu_out(ga.iter().map(|v| -v).collect(), shape, self.b.dtype()));
         let ga = self.needs.0.then(|| cpu_out(ga, shape, self.a.dtype()));
         Ok(vec![ga, gb])
     }
@@ -94,10 +87,7 @@ pub fn mse_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Gradients flow to both operands.
 pub fn pseudo_huber_loss(a: &Tensor, b: &Tensor, c: f32) -> Result<Tensor> {
     if !(c > 0.0 && c.is_finite()) {
-        return Err(Error::op(
-            "pseudo_huber_loss",
-            format!("c must be positive and finite, got {c}"),
-        ));
+        return Err(Error::op("pseudo_huber_loss", format!("c must be positive and finite, got {c}")));
     }
     regression(Regression::PseudoHuber(c), a, b)
 }

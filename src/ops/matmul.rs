@@ -14,7 +14,8 @@ fn mat_layout(t: &Tensor) -> Option<(isize, isize, usize, usize)> {
     let l = t.layout();
     let n = l.shape.len();
     let (rs, cs) = (l.strides[n - 2] as isize, l.strides[n - 1] as isize);
-    let batch: Vec<(usize, usize)> = (0..n - 2).filter(|&i| l.shape[i] != 1).map(|i| (l.shape[i], l.strides[i])).collect();
+    let batch: Vec<(usize, usize)> =
+        (0..n - 2).filter(|&i| l.shape[i] != 1).map(|i| (l.shape[i], l.strides[i])).collect();
     let bs = batch.last().map(|&(_, s)| s).unwrap_or(0);
     for w in batch.windows(2) {
         if w[0].1 != w[1].0 * w[1].1 {

@@ -80,10 +80,8 @@ pub fn reduce_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         return Ok(g.clone());
     }
     let pad = g.dims() - shape.len();
-    let dims: Vec<isize> = (0..g.dims())
-        .filter(|&i| i < pad || (shape[i - pad] == 1 && g.shape()[i] != 1))
-        .map(|i| i as isize)
-        .collect();
+    let dims: Vec<isize> =
+        (0..g.dims()).filter(|&i| i < pad || (shape[i - pad] == 1 && g.shape()[i] != 1)).map(|i| i as isize).collect();
     let s = if dims.is_empty() { g.clone() } else { sum(g, &dims, true)? };
     reshape(&s, shape)
 }

@@ -25,29 +25,19 @@ fn bnd(
     tokens: &[(&str, &Tensor)],
 ) -> Result<(usize, usize, usize)> {
     let &[b, n, d] = x.shape() else {
-        return Err(Error::op(
-            op,
-            format!("expects token activations [B, N, D], got {:?}", x.shape()),
-        ));
+        return Err(Error::op(op, format!("expects token activations [B, N, D], got {:?}", x.shape())));
     };
     for (name, v) in vecs {
         if v.shape() != [b, d] {
             return Err(Error::op(
                 op,
-                format!(
-                    "{name} has shape {:?}, expected [{b}, {d}] for x {:?}",
-                    v.shape(),
-                    x.shape()
-                ),
+                format!("{name} has shape {:?}, expected [{b}, {d}] for x {:?}", v.shape(), x.shape()),
             ));
         }
     }
     for (name, t) in tokens {
         if t.shape() != x.shape() {
-            return Err(Error::op(
-                op,
-                format!("{name} has shape {:?}, expected {:?}", t.shape(), x.shape()),
-            ));
+            return Err(Error::op(op, format!("{name} has shape {:?}, expected {:?}", t.shape(), x.shape())));
         }
     }
     Ok((b, n, d))
@@ -92,11 +82,7 @@ impl Backward for ModulateBackward {
         let (b, n, d) = self.bnd;
         let gv = g.cpu_f32()?;
         let dx = match &self.scale {
-            Some(s) => Some(cpu_out(
-                cpu::modulate::modulate_bwd_dx(&gv, &s.cpu_f32()?, n, d),
-                &[b, n, d],
-                g.dtype(),
-            )),
+            Some(s) => Some(cpu_out(cpu::modulate::modulate_bwd_dx(&gv, &s.cpu_f32()?, n, d), &[b, n, d], g.dtype())),
             None => None,
         };
         let (mut dshift, mut dscale) = (None, None);
@@ -119,24 +105,16 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32)
     const OP: &str = "layer_norm_modulate";
     check_inputs(OP, &[x, shift, scale])?;
     let (b, n, d) = bnd(OP, x, &[("shift", shift), ("scale", scale)], &[])?;
-    let (y, mean, rstd) = cpu::modulate::layer_norm_modulate_fwd(
-        &x.cpu_f32()?,
-        &shift.cpu_f32()?,
-        &scale.cpu_f32()?,
-        n,
-        d,
-        eps,
-    );
+    let (y, mean, rstd) =
+        cpu::modulate::layer_norm_modulate_fwd(&x.cpu_f32()?, &shift.cpu_f32()?, &scale.cpu_f32()?, n, d, eps);
     let out = cpu_out(y, x.shape(), x.dtype());
-    Ok(record(out, &[x, shift, scale], || {
-        LayerNormModulateBackward {
-            x: x.detach(),
-            scale: scale.detach(),
-            need: [x.tracks_grad(), shift.tracks_grad() || scale.tracks_grad()],
-            bnd: (b, n, d),
-            mean,
-            rstd,
-        }
+    Ok(record(out, &[x, shift, scale], || LayerNormModulateBackward {
+        x: x.detach(),
+        scale: scale.detach(),
+        need: [x.tracks_grad(), shift.tracks_grad() || scale.tracks_grad()],
+        bnd: (b, n, d),
+        mean,
+        rstd,
     }))
 }
 
@@ -159,18 +137,14 @@ impl Backward for LayerNormModulateBackward {
         let (x, gv) = (self.x.cpu_f32()?, g.cpu_f32()?);
         let dx = if self.need[0] {
             let sc = self.scale.cpu_f32()?;
-            let dx = cpu::modulate::layer_norm_modulate_bwd_dx(
-                &x, &gv, &self.mean, &self.rstd, &sc, n, d,
-            );
+            let dx = cpu::modulate::layer_norm_modulate_bwd_dx(&x, &gv, &self.mean, &self.rstd, &sc, n, d);
             Some(cpu_out(dx, &[b, n, d], g.dtype()))
         } else {
             None
         };
         let (mut dshift, mut dscale) = (None, None);
         if self.need[1] {
-            let (sh, sc) = cpu::modulate::layer_norm_modulate_bwd_shift_scale(
-                &x, &gv, &self.mean, &self.rstd, b, n, d,
-            );
+            let (sh, sc) = cpu::modulate::layer_norm_modulate_bwd_shift_scale(&x, &gv, &self.mean, &self.rstd, b, n, d);
             dshift = Some(cpu_out(sh, &[b, d], g.dtype()));
             dscale = Some(cpu_out(sc, &[b, d], g.dtype()));
         }
@@ -185,13 +159,7 @@ pub fn gated_residual(residual: &Tensor, gate: &Tensor, y: &Tensor) -> Result<Te
     const OP: &str = "gated_residual";
     check_inputs(OP, &[residual, gate, y])?;
     let (b, n, d) = bnd(OP, residual, &[("gate", gate)], &[("y", y)])?;
-    let o = cpu::modulate::gated_residual_fwd(
-        &residual.cpu_f32()?,
-        &gate.cpu_f32()?,
-        &y.cpu_f32()?,
-        n,
-        d,
-    );
+    let o = cpu::modulate::gated_residual_fwd(&residual.cpu_f32()?, &gate.cpu_f32()?, &y.cpu_f32()?, n, d);
     let out = cpu_out(o, residual.shape(), residual.dtype());
     Ok(record(out, &[residual, gate, y], || {
         GatedResidualBackward {
@@ -217,19 +185,15 @@ impl Backward for GatedResidualBackward {
         let (b, n, d) = self.bnd;
         let gv = g.cpu_f32()?;
         let dgate = match &self.y {
-            Some(y) => Some(cpu_out(
-                cpu::modulate::gated_residual_bwd_gate(&gv, &y.cpu_f32()?, b, n, d),
-                &[b, d],
-                g.dtype(),
-            )),
+            Some(y) => {
+                Some(cpu_out(cpu::modulate::gated_residual_bwd_gate(&gv, &y.cpu_f32()?, b, n, d), &[b, d], g.dtype()))
+            }
             None => None,
         };
         let dy = match &self.gate {
-            Some(gt) => Some(cpu_out(
-                cpu::modulate::gated_residual_bwd_dy(&gv, &gt.cpu_f32()?, n, d),
-                &[b, n, d],
-                g.dtype(),
-            )),
+            Some(gt) => {
+                Some(cpu_out(cpu::modulate::gated_residual_bwd_dy(&gv, &gt.cpu_f32()?, n, d), &[b, n, d], g.dtype()))
+            }
             None => None,
         };
         Ok(vec![Some(g.clone()), dgate, dy])

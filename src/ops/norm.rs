@@ -19,14 +19,8 @@ use crate::tensor::Tensor;
 
 /// Checks device and dtype of `x` and the optional parameters; returns them as a list
 /// in recording order.
-fn gather_inputs<'a>(
-    op: &'static str,
-    x: &'a Tensor,
-    params: &[Option<&'a Tensor>],
-) -> Result<Vec<&'a Tensor>> {
-    let inputs: Vec<&Tensor> = std::iter::once(x)
-        .chain(params.iter().flatten().copied())
-        .collect();
+fn gather_inputs<'a>(op: &'static str, x: &'a Tensor, params: &[Option<&'a Tensor>]) -> Result<Vec<&'a Tensor>> {
+    let inputs: Vec<&Tensor> = std::iter::once(x).chain(params.iter().flatten().copied()).collect();
     same_device(op, &inputs)?;
     same_dtype(op, &inputs)?;
     Ok(inputs)
@@ -34,31 +28,15 @@ fn gather_inputs<'a>(
 
 /// Size of the last axis of `x`, which must have at least one dimension.
 fn last_dim(op: &'static str, x: &Tensor) -> Result<usize> {
-    x.shape().last().copied().ok_or_else(|| {
-        Error::op(
-            op,
-            "needs an input with at least one dimension, got a scalar",
-        )
-    })
+    x.shape().last().copied().ok_or_else(|| Error::op(op, "needs an input with at least one dimension, got a scalar"))
 }
 
 /// Checks that an optional parameter is a vector of `len` values.
-fn check_vector(
-    op: &'static str,
-    what: &str,
-    p: Option<&Tensor>,
-    len: usize,
-    x: &Tensor,
-    axis: &str,
-) -> Result<()> {
+fn check_vector(op: &'static str, what: &str, p: Option<&Tensor>, len: usize, x: &Tensor, axis: &str) -> Result<()> {
     match p {
         Some(p) if p.shape() != [len] => Err(Error::op(
             op,
-            format!(
-                "{what} has shape {:?}, expected [{len}] (the {axis} of x {:?})",
-                p.shape(),
-                x.shape()
-            ),
+            format!("{what} has shape {:?}, expected [{len}] (the {axis} of x {:?})", p.shape(), x.shape()),
         )),
         _ => Ok(()),
     }
@@ -91,12 +69,7 @@ fn grads_for(
 ///
 /// x: [..., D]; weight, bias: [D], each optional. Per row of D values,
 /// y = (x − mean)·rsqrt(var + eps)·weight + bias with the biased variance.
-pub fn layer_norm(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f32,
-) -> Result<Tensor> {
+pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     const OP: &str = "layer_norm";
     let inputs = gather_inputs(OP, x, &[weight, bias])?;
     let d = last_dim(OP, x)?;
@@ -105,14 +78,7 @@ pub fn layer_norm(
     let rows = x.numel() / d.max(1);
     let wv = weight.map(|w| w.cpu_f32()).transpose()?;
     let bv = bias.map(|b| b.cpu_f32()).transpose()?;
-    let (y, mean, rstd) = cpu::norm::layer_norm_fwd(
-        &x.cpu_f32()?,
-        d,
-        wv.as_deref(),
-        bv.as_deref(),
-        rows.max(1),
-        eps,
-    );
+    let (y, mean, rstd) = cpu::norm::layer_norm_fwd(&x.cpu_f32()?, d, wv.as_deref(), bv.as_deref(), rows.max(1), eps);
     let out = cpu_out(y, x.shape(), x.dtype());
     Ok(record(out, &inputs, || LayerNormBackward {
         x: x.detach(),
@@ -145,21 +111,12 @@ impl Backward for LayerNormBackward {
         let (x, gv) = (self.x.cpu_f32()?, g.cpu_f32()?);
         let w = self.weight.as_ref().map(|w| w.cpu_f32()).transpose()?;
         let dx = self.need[0].then(|| {
-            let dx = cpu::norm::layer_norm_bwd_dx(
-                &x,
-                &gv,
-                &self.mean,
-                &self.rstd,
-                d,
-                w.as_deref(),
-                rows.max(1),
-            );
+            let dx = cpu::norm::layer_norm_bwd_dx(&x, &gv, &self.mean, &self.rstd, d, w.as_deref(), rows.max(1));
             cpu_out(dx, shape, g.dtype())
         });
         let (mut dw, mut db) = (None, None);
         if self.need[1] || self.need[2] {
-            let (w_sum, b_sum) =
-                cpu::norm::layer_norm_bwd_affine(&x, &gv, &self.mean, &self.rstd, d, 1, rows);
+            let (w_sum, b_sum) = cpu::norm::layer_norm_bwd_affine(&x, &gv, &self.mean, &self.rstd, d, 1, rows);
             dw = self.need[1].then(|| cpu_out(w_sum, &[d], g.dtype()));
             db = self.need[2].then(|| cpu_out(b_sum, &[d], g.dtype()));
         }
@@ -204,20 +161,9 @@ impl Backward for RmsNormBackward {
         let d = shape[shape.len() - 1];
         let (x, gv) = (self.x.cpu_f32()?, g.cpu_f32()?);
         let w = self.weight.as_ref().map(|w| w.cpu_f32()).transpose()?;
-        let dx = self.need[0].then(|| {
-            cpu_out(
-                cpu::norm::rms_norm_bwd_dx(&x, &gv, &self.rstd, d, w.as_deref()),
-                shape,
-                g.dtype(),
-            )
-        });
-        let dw = self.need[1].then(|| {
-            cpu_out(
-                cpu::norm::rms_norm_bwd_weight(&x, &gv, &self.rstd, d),
-                &[d],
-                g.dtype(),
-            )
-        });
+        let dx = self.need[0]
+            .then(|| cpu_out(cpu::norm::rms_norm_bwd_dx(&x, &gv, &self.rstd, d, w.as_deref()), shape, g.dtype()));
+        let dw = self.need[1].then(|| cpu_out(cpu::norm::rms_norm_bwd_weight(&x, &gv, &self.rstd, d), &[d], g.dtype()));
         Ok(grads_for(dx, dw, None, self.weight.is_some(), false))
     }
 }
@@ -239,33 +185,22 @@ pub fn group_norm(
     const OP: &str = "group_norm";
     let inputs = gather_inputs(OP, x, &[weight, bias])?;
     if x.dims() < 2 {
-        return Err(Error::op(
-            OP,
-            format!("expects x of shape [B, C, *spatial], got {:?}", x.shape()),
-        ));
+        return Err(Error::op(OP, format!("expects x of shape [B, C, *spatial], got {:?}", x.shape())));
     }
     let channels = x.shape()[1];
     if num_groups == 0 || channels % num_groups != 0 {
         return Err(Error::op(
             OP,
-            format!(
-                "{channels} channels (x {:?}) do not split into {num_groups} equal groups",
-                x.shape()
-            ),
+            format!("{channels} channels (x {:?}) do not split into {num_groups} equal groups", x.shape()),
         ));
     }
     check_vector(OP, "weight", weight, channels, x, "channel dim")?;
     check_vector(OP, "bias", bias, channels, x, "channel dim")?;
-    let s = GroupNormShape {
-        batch: x.shape()[0],
-        channels,
-        groups: num_groups,
-        spatial: x.shape()[2..].iter().product(),
-    };
+    let s =
+        GroupNormShape { batch: x.shape()[0], channels, groups: num_groups, spatial: x.shape()[2..].iter().product() };
     let wv = weight.map(|w| w.cpu_f32()).transpose()?;
     let bv = bias.map(|b| b.cpu_f32()).transpose()?;
-    let (y, mean, rstd) =
-        cpu::norm::group_norm_fwd(&x.cpu_f32()?, s, wv.as_deref(), bv.as_deref(), eps);
+    let (y, mean, rstd) = cpu::norm::group_norm_fwd(&x.cpu_f32()?, s, wv.as_deref(), bv.as_deref(), eps);
     let out = cpu_out(y, x.shape(), x.dtype());
     Ok(record(out, &inputs, || GroupNormBackward {
         x: x.detach(),
@@ -303,8 +238,7 @@ impl Backward for GroupNormBackward {
         });
         let (mut dw, mut db) = (None, None);
         if self.need[1] || self.need[2] {
-            let (w_sum, b_sum) =
-                cpu::norm::group_norm_bwd_affine(&x, &gv, &self.mean, &self.rstd, s);
+            let (w_sum, b_sum) = cpu::norm::group_norm_bwd_affine(&x, &gv, &self.mean, &self.rstd, s);
             dw = self.need[1].then(|| cpu_out(w_sum, &[s.channels], g.dtype()));
             db = self.need[2].then(|| cpu_out(b_sum, &[s.channels], g.dtype()));
         }
@@ -313,12 +247,7 @@ impl Backward for GroupNormBackward {
 }
 
 impl Tensor {
-    pub fn layer_norm(
-        &self,
-        weight: Option<&Tensor>,
-        bias: Option<&Tensor>,
-        eps: f32,
-    ) -> Result<Tensor> {
+    pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         layer_norm(self, weight, bias, eps)
     }
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {

@@ -21,10 +21,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let bad = || {
         let (xs, cs, ss) = (x.shape(), cos.shape(), sin.shape());
         let expected = "expected x [.., N, D] with D even and cos = sin = [N, D]";
-        Error::op(
-            "rope",
-            format!("x {xs:?}, cos {cs:?}, sin {ss:?}: {expected}"),
-        )
+        Error::op("rope", format!("x {xs:?}, cos {cs:?}, sin {ss:?}: {expected}"))
     };
     if x.dims() < 2 || cos.dims() != 2 || cos.shape() != sin.shape() {
         return Err(bad());
@@ -36,11 +33,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (c, s) = (cos.detach(), sin.detach());
     let y = kernel::rope_fwd(&x.cpu_f32()?, &c.cpu_f32()?, &s.cpu_f32()?, n, d);
     let out = cpu_out(y, x.shape(), x.dtype());
-    Ok(record(out, &[x], || RopeBackward {
-        cos: c,
-        sin: s,
-        shape: x.shape().to_vec(),
-    }))
+    Ok(record(out, &[x], || RopeBackward { cos: c, sin: s, shape: x.shape().to_vec() }))
 }
 
 struct RopeBackward {
@@ -55,13 +48,7 @@ impl Backward for RopeBackward {
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (n, d) = (self.cos.shape()[0], self.cos.shape()[1]);
-        let dx = kernel::rope_bwd(
-            &g.cpu_f32()?,
-            &self.cos.cpu_f32()?,
-            &self.sin.cpu_f32()?,
-            n,
-            d,
-        );
+        let dx = kernel::rope_bwd(&g.cpu_f32()?, &self.cos.cpu_f32()?, &self.sin.cpu_f32()?, n, d);
         Ok(vec![Some(cpu_out(dx, &self.shape, g.dtype()))])
     }
 }

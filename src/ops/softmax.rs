@@ -22,24 +22,15 @@ pub fn log_softmax(x: &Tensor, dim: isize) -> Result<Tensor> {
 fn softmax_impl(x: &Tensor, dim: isize, log: bool) -> Result<Tensor> {
     let name = if log { "log_softmax" } else { "softmax" };
     same_device(name, &[x])?;
-    let ax = x.axis(dim).map_err(|_| {
-        Error::op(
-            name,
-            format!("dim {dim} is out of range for shape {:?}", x.shape()),
-        )
-    })?;
+    let ax =
+        x.axis(dim).map_err(|_| Error::op(name, format!("dim {dim} is out of range for shape {:?}", x.shape())))?;
     // A 0-d tensor is one row of one element.
     let n = x.shape().get(ax).copied().unwrap_or(1);
     let inner: usize = x.shape().iter().skip(ax + 1).product();
     let y = cpu::softmax::softmax_fwd(&x.cpu_f32()?, n, inner, log);
     let out = cpu_out(y, x.shape(), x.dtype());
     let saved = out.detach();
-    Ok(record(out, &[x], || SoftmaxBackward {
-        y: saved,
-        n,
-        inner,
-        log,
-    }))
+    Ok(record(out, &[x], || SoftmaxBackward { y: saved, n, inner, log }))
 }
 
 struct SoftmaxBackward {
@@ -59,13 +50,7 @@ impl Backward for SoftmaxBackward {
         }
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dx = cpu::softmax::softmax_bwd(
-            &self.y.cpu_f32()?,
-            &g.cpu_f32()?,
-            self.n,
-            self.inner,
-            self.log,
-        );
+        let dx = cpu::softmax::softmax_bwd(&self.y.cpu_f32()?, &g.cpu_f32()?, self.n, self.inner, self.log);
         Ok(vec![Some(cpu_out(dx, self.y.shape(), g.dtype()))])
     }
 }

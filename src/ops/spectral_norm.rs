@@ -27,33 +27,18 @@ pub const SPECTRAL_NORM_EPS: f32 = 1e-12;
 /// at least 1: torch's zero-iteration (eval) path reuses a persistent `v` that this API
 /// does not keep. Pass a copy of `u` to evaluate without moving the estimate (as the
 /// gradient checks do).
-pub fn spectral_norm_power_iteration(
-    w: &Tensor,
-    u: &mut [f32],
-    n_iters: usize,
-    eps: f32,
-) -> Result<Tensor> {
+pub fn spectral_norm_power_iteration(w: &Tensor, u: &mut [f32], n_iters: usize, eps: f32) -> Result<Tensor> {
     same_device("spectral_norm", &[w])?;
     if w.dims() == 0 || w.numel() == 0 {
-        return Err(Error::op(
-            "spectral_norm",
-            format!("needs a non-empty weight [out, ...], got {:?}", w.shape()),
-        ));
+        return Err(Error::op("spectral_norm", format!("needs a non-empty weight [out, ...], got {:?}", w.shape())));
     }
     let rows = w.shape()[0];
     let cols = w.numel() / rows;
     if u.len() != rows {
-        return Err(Error::ShapeMismatch {
-            op: "spectral_norm u",
-            lhs: vec![u.len()],
-            rhs: vec![rows],
-        });
+        return Err(Error::ShapeMismatch { op: "spectral_norm u", lhs: vec![u.len()], rhs: vec![rows] });
     }
     if n_iters == 0 {
-        return Err(Error::op(
-            "spectral_norm",
-            "n_iters must be at least 1 (the eval path needs a stored v)",
-        ));
+        return Err(Error::op("spectral_norm", "n_iters must be at least 1 (the eval path needs a stored v)"));
     }
     let wv = w.cpu_f32()?;
     let mut v = Vec::new();
@@ -61,19 +46,10 @@ pub fn spectral_norm_power_iteration(
         v = k::normalize(&k::mtv(&wv, cols, u), eps);
         u.copy_from_slice(&k::normalize(&k::mv(&wv, cols, &v), eps));
     }
-    let sigma: f64 = k::mv(&wv, cols, &v)
-        .iter()
-        .zip(u.iter())
-        .map(|(wv, &ui)| wv * ui as f64)
-        .sum();
+    let sigma: f64 = k::mv(&wv, cols, &v).iter().zip(u.iter()).map(|(wv, &ui)| wv * ui as f64).sum();
     let out = cpu_out(k::scale_by_inverse(&wv, sigma), w.shape(), w.dtype());
     drop(wv);
-    Ok(record(out, &[w], || SpectralNormBackward {
-        w: w.detach(),
-        u: u.to_vec(),
-        v,
-        sigma,
-    }))
+    Ok(record(out, &[w], || SpectralNormBackward { w: w.detach(), u: u.to_vec(), v, sigma }))
 }
 
 struct SpectralNormBackward {
@@ -88,13 +64,7 @@ impl Backward for SpectralNormBackward {
         "spectral_norm"
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dw = k::backward(
-            &self.w.cpu_f32()?,
-            &g.cpu_f32()?,
-            &self.u,
-            &self.v,
-            self.sigma,
-        );
+        let dw = k::backward(&self.w.cpu_f32()?, &g.cpu_f32()?, &self.u, &self.v, self.sigma);
         Ok(vec![Some(cpu_out(dw, self.w.shape(), self.w.dtype()))])
     }
 }

@@ -158,20 +158,62 @@ impl UnaryOp {
 macro_rules! specialized {
     ($op:expr, $o:ident => $body:expr) => {
         match $op {
-            UnaryOp::Exp => { const $o: UnaryOp = UnaryOp::Exp; $body }
-            UnaryOp::Log => { const $o: UnaryOp = UnaryOp::Log; $body }
-            UnaryOp::Sqrt => { const $o: UnaryOp = UnaryOp::Sqrt; $body }
-            UnaryOp::Rsqrt => { const $o: UnaryOp = UnaryOp::Rsqrt; $body }
-            UnaryOp::Tanh => { const $o: UnaryOp = UnaryOp::Tanh; $body }
-            UnaryOp::Sigmoid => { const $o: UnaryOp = UnaryOp::Sigmoid; $body }
-            UnaryOp::Silu => { const $o: UnaryOp = UnaryOp::Silu; $body }
-            UnaryOp::GeluErf => { const $o: UnaryOp = UnaryOp::GeluErf; $body }
-            UnaryOp::GeluTanh => { const $o: UnaryOp = UnaryOp::GeluTanh; $body }
-            UnaryOp::QuickGelu => { const $o: UnaryOp = UnaryOp::QuickGelu; $body }
-            UnaryOp::Relu => { const $o: UnaryOp = UnaryOp::Relu; $body }
-            UnaryOp::Sqr => { const $o: UnaryOp = UnaryOp::Sqr; $body }
-            UnaryOp::Abs => { const $o: UnaryOp = UnaryOp::Abs; $body }
-            UnaryOp::NanToNum => { const $o: UnaryOp = UnaryOp::NanToNum; $body }
+            UnaryOp::Exp => {
+                const $o: UnaryOp = UnaryOp::Exp;
+                $body
+            }
+            UnaryOp::Log => {
+                const $o: UnaryOp = UnaryOp::Log;
+                $body
+            }
+            UnaryOp::Sqrt => {
+                const $o: UnaryOp = UnaryOp::Sqrt;
+                $body
+            }
+            UnaryOp::Rsqrt => {
+                const $o: UnaryOp = UnaryOp::Rsqrt;
+                $body
+            }
+            UnaryOp::Tanh => {
+                const $o: UnaryOp = UnaryOp::Tanh;
+                $body
+            }
+            UnaryOp::Sigmoid => {
+                const $o: UnaryOp = UnaryOp::Sigmoid;
+                $body
+            }
+            UnaryOp::Silu => {
+                const $o: UnaryOp = UnaryOp::Silu;
+                $body
+            }
+            UnaryOp::GeluErf => {
+                const $o: UnaryOp = UnaryOp::GeluErf;
+                $body
+            }
+            UnaryOp::GeluTanh => {
+                const $o: UnaryOp = UnaryOp::GeluTanh;
+                $body
+            }
+            UnaryOp::QuickGelu => {
+                const $o: UnaryOp = UnaryOp::QuickGelu;
+                $body
+            }
+            UnaryOp::Relu => {
+                const $o: UnaryOp = UnaryOp::Relu;
+                $body
+            }
+            UnaryOp::Sqr => {
+                const $o: UnaryOp = UnaryOp::Sqr;
+                $body
+            }
+            UnaryOp::Abs => {
+                const $o: UnaryOp = UnaryOp::Abs;
+                $body
+            }
+            UnaryOp::NanToNum => {
+                const $o: UnaryOp = UnaryOp::NanToNum;
+                $body
+            }
             UnaryOp::LeakyRelu(_) => {
                 #[allow(non_snake_case)]
                 let $o = $op;

@@ -35,13 +35,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-2,
-        }
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
     }
 }
 
@@ -55,7 +49,10 @@ impl AdamWConfig {
         if ok {
             Ok(())
         } else {
-            Err(Error::op("adamw", format!("invalid hyperparameters {self:?} (need lr, eps, weight_decay ≥ 0 and betas in [0, 1))")))
+            Err(Error::op(
+                "adamw",
+                format!("invalid hyperparameters {self:?} (need lr, eps, weight_decay ≥ 0 and betas in [0, 1))"),
+            ))
         }
     }
 }
@@ -98,18 +95,8 @@ impl AdamW {
     /// One group with the config's weight decay; parameters are named by position
     /// ("0", "1", ...). Use [`AdamW::with_groups`] for stable checkpoint names.
     pub fn new(params: Vec<Tensor>, cfg: AdamWConfig) -> Result<Self> {
-        let params = params
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| (i.to_string(), p))
-            .collect();
-        Self::with_groups(
-            vec![ParamGroup {
-                params,
-                weight_decay: None,
-            }],
-            cfg,
-        )
+        let params = params.into_iter().enumerate().map(|(i, p)| (i.to_string(), p)).collect();
+        Self::with_groups(vec![ParamGroup { params, weight_decay: None }], cfg)
     }
 
     pub fn with_groups(groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<Self> {
@@ -119,17 +106,11 @@ impl AdamW {
         for group in groups {
             let weight_decay = group.weight_decay.unwrap_or(cfg.weight_decay);
             if weight_decay < 0.0 {
-                return Err(Error::op(
-                    "adamw",
-                    format!("negative weight decay {weight_decay}"),
-                ));
+                return Err(Error::op("adamw", format!("negative weight decay {weight_decay}")));
             }
             for (name, param) in group.params {
                 if !names.insert(name.clone()) {
-                    return Err(Error::op(
-                        "adamw",
-                        format!("parameter name '{name}' appears twice"),
-                    ));
+                    return Err(Error::op("adamw", format!("parameter name '{name}' appears twice")));
                 }
                 if !param.is_contiguous() {
                     return Err(Error::op(
@@ -142,18 +123,8 @@ impl AdamW {
                     DType::F32 => None,
                     DType::BF16 | DType::F16 => Some(param.to_vec_f32()?),
                 };
-                let state = AdamWState {
-                    exp_avg: vec![0.0; n],
-                    exp_avg_sq: vec![0.0; n],
-                    step: 0,
-                    master,
-                };
-                slots.push(Slot {
-                    name,
-                    param,
-                    weight_decay,
-                    state,
-                });
+                let state = AdamWState { exp_avg: vec![0.0; n], exp_avg_sq: vec![0.0; n], step: 0, master };
+                slots.push(Slot { name, param, weight_decay, state });
             }
         }
         Ok(AdamW { cfg, slots })
@@ -182,12 +153,7 @@ impl AdamW {
             if g.shape() != slot.param.shape() {
                 return Err(Error::op(
                     "adamw",
-                    format!(
-                        "gradient {:?} for parameter '{}' {:?}",
-                        g.shape(),
-                        slot.name,
-                        slot.param.shape()
-                    ),
+                    format!("gradient {:?} for parameter '{}' {:?}", g.shape(), slot.name, slot.param.shape()),
                 ));
             }
             let st = &mut slot.state;
@@ -223,15 +189,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(self.slots.len() * 4);
         for s in &self.slots {
             let shape = s.param.shape();
-            let t = |v: &[f32]| {
-                Tensor::from_vec(v.to_vec(), shape).expect("state matches its parameter's shape")
-            };
+            let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), shape).expect("state matches its parameter's shape");
             out.push((format!("{}.exp_avg", s.name), t(&s.state.exp_avg)));
             out.push((format!("{}.exp_avg_sq", s.name), t(&s.state.exp_avg_sq)));
-            out.push((
-                format!("{}.step", s.name),
-                Tensor::scalar(s.state.step as f32),
-            ));
+            out.push((format!("{}.step", s.name), Tensor::scalar(s.state.step as f32)));
             if let Some(m) = &s.state.master {
                 out.push((format!("{}.master", s.name), t(m)));
             }
@@ -248,16 +209,13 @@ impl AdamW {
         for s in &self.slots {
             let get = |suffix: &str, shape: &[usize]| -> Result<Vec<f32>> {
                 let key = format!("{}.{suffix}", s.name);
-                let t = tensors.get(&key).ok_or_else(|| {
-                    Error::op("adamw load_state", format!("missing tensor '{key}'"))
-                })?;
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::op("adamw load_state", format!("missing tensor '{key}'")))?;
                 if t.shape() != shape {
                     return Err(Error::op(
                         "adamw load_state",
-                        format!(
-                            "tensor '{key}' has shape {:?}, expected {shape:?}",
-                            t.shape()
-                        ),
+                        format!("tensor '{key}' has shape {:?}, expected {shape:?}", t.shape()),
                     ));
                 }
                 t.to_vec_f32()
@@ -265,17 +223,9 @@ impl AdamW {
             let shape = s.param.shape();
             let step = get("step", &[])?[0];
             if !(step >= 0.0 && step.fract() == 0.0 && step < 16_777_216.0) {
-                return Err(Error::op(
-                    "adamw load_state",
-                    format!("'{}.step' = {step} is not a step count", s.name),
-                ));
+                return Err(Error::op("adamw load_state", format!("'{}.step' = {step} is not a step count", s.name)));
             }
-            let master = s
-                .state
-                .master
-                .as_ref()
-                .map(|_| get("master", shape))
-                .transpose()?;
+            let master = s.state.master.as_ref().map(|_| get("master", shape)).transpose()?;
             loaded.push(AdamWState {
                 exp_avg: get("exp_avg", shape)?,
                 exp_avg_sq: get("exp_avg_sq", shape)?,

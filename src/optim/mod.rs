@@ -70,26 +70,15 @@ pub fn ema_update(ema_params: &[Tensor], params: &[Tensor], decay: f64) -> Resul
     if ema_params.len() != params.len() {
         return Err(Error::op(
             "ema_update",
-            format!(
-                "{} EMA tensors for {} parameters",
-                ema_params.len(),
-                params.len()
-            ),
+            format!("{} EMA tensors for {} parameters", ema_params.len(), params.len()),
         ));
     }
     if !(0.0..=1.0).contains(&decay) {
-        return Err(Error::op(
-            "ema_update",
-            format!("decay {decay} outside [0, 1]"),
-        ));
+        return Err(Error::op("ema_update", format!("decay {decay} outside [0, 1]")));
     }
     for (e, p) in ema_params.iter().zip(params) {
         if e.shape() != p.shape() {
-            return Err(Error::ShapeMismatch {
-                op: "ema_update",
-                lhs: e.shape().to_vec(),
-                rhs: p.shape().to_vec(),
-            });
+            return Err(Error::ShapeMismatch { op: "ema_update", lhs: e.shape().to_vec(), rhs: p.shape().to_vec() });
         }
         let mut ev = e.to_vec_f32()?;
         k::ema_update(&mut ev, &p.cpu_f32()?, (1.0 - decay) as f32);

@@ -72,10 +72,7 @@ pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// The four raw lanes of the 64-bit `counter` under `seed`.
 #[inline]
 fn block(seed: u64, counter: u64) -> [u32; 4] {
-    philox4x32_10(
-        [counter as u32, (counter >> 32) as u32, 0, 0],
-        [seed as u32, (seed >> 32) as u32],
-    )
+    philox4x32_10([counter as u32, (counter >> 32) as u32, 0, 0], [seed as u32, (seed >> 32) as u32])
 }
 
 /// Maps a raw lane to a uniform in (0, 1); see the module doc for why 23 bits.
@@ -135,12 +132,7 @@ fn fill_serial<T: Copy>(out: &mut [T], seed: u64, offset: u64, f: &impl Fn([u32;
 
 /// [`fill_serial`], split over threads for long fills. Chunk lengths are multiples of 4 so
 /// each chunk starts on a block boundary and the result is identical to the serial fill.
-fn fill_blocks<T: Copy + Send>(
-    out: &mut [T],
-    seed: u64,
-    offset: u64,
-    f: impl Fn([u32; 4]) -> [T; 4] + Sync,
-) {
+fn fill_blocks<T: Copy + Send>(out: &mut [T], seed: u64, offset: u64, f: impl Fn([u32; 4]) -> [T; 4] + Sync) {
     let threads = thread::available_parallelism().map_or(1, |n| n.get());
     if out.len() < PARALLEL_MIN || threads == 1 {
         fill_serial(out, seed, offset, &f);
@@ -192,9 +184,7 @@ impl Philox {
 
     pub fn fill_logit_normal(&mut self, out: &mut [f32], mean: f32, std: f32) {
         let start = self.advance(out.len());
-        fill_blocks(out, self.seed, start, |x| {
-            normal4(x).map(|z| logit_normal(z, mean, std))
-        });
+        fill_blocks(out, self.seed, start, |x| normal4(x).map(|z| logit_normal(z, mean, std)));
     }
 
     pub fn uniform_vec(&mut self, n: usize) -> Vec<f32> {
@@ -246,27 +236,18 @@ mod tests {
     // Random123 kat_vectors, philox4x32_10 lines.
     #[test]
     fn kat_zero() {
-        assert_eq!(
-            philox4x32_10([0; 4], [0; 2]),
-            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
-        );
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
     }
 
     #[test]
     fn kat_all_ones() {
-        assert_eq!(
-            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
-            [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
-        );
+        assert_eq!(philox4x32_10([u32::MAX; 4], [u32::MAX; 2]), [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]);
     }
 
     #[test]
     fn kat_pi() {
         assert_eq!(
-            philox4x32_10(
-                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
-                [0xa409_3822, 0x299f_31d0]
-            ),
+            philox4x32_10([0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344], [0xa409_3822, 0x299f_31d0]),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
     }
@@ -282,20 +263,20 @@ mod tests {
     #[test]
     fn golden_seed42_offset7() {
         let raw = [
-            0x5bbd83b1, 0x68784c85, 0x172067aa, 0x2e6b75b7, 0x8c4a529c, 0x22658bcb, 0xe7eb75d9,
-            0x7fc3c9af, 0x442f2860, 0x65727aa0,
+            0x5bbd83b1, 0x68784c85, 0x172067aa, 0x2e6b75b7, 0x8c4a529c, 0x22658bcb, 0xe7eb75d9, 0x7fc3c9af, 0x442f2860,
+            0x65727aa0,
         ];
         let uniform = [
-            0x3eb77b06, 0x3ed0f09a, 0x3db90338, 0x3e39add4, 0x3f0c4a53, 0x3e09962c, 0x3f67eb75,
-            0x3eff8792, 0x3e885e52, 0x3ecae4f6,
+            0x3eb77b06, 0x3ed0f09a, 0x3db90338, 0x3e39add4, 0x3f0c4a53, 0x3e09962c, 0x3f67eb75, 0x3eff8792, 0x3e885e52,
+            0x3ecae4f6,
         ];
         let normal = [
-            0xbf99a318, 0x3f483a0c, 0x3f6ac550, 0x3ffef420, 0x3f3a85f1, 0x3f51ddeb, 0xbee39353,
-            0x3b282b0c, 0xbfa58964, 0x3f7c9324,
+            0xbf99a318, 0x3f483a0c, 0x3f6ac550, 0x3ffef420, 0x3f3a85f1, 0x3f51ddeb, 0xbee39353, 0x3b282b0c, 0xbfa58964,
+            0x3f7c9324,
         ];
         let logit_normal = [
-            0x3e83b4a2, 0x3f51efab, 0x3f5831fb, 0x3f74da0e, 0x3f4f3fac, 0x3f53c1ae, 0x3ef60b02,
-            0x3f1f8cda, 0x3e70777b, 0x3f5b2405,
+            0x3e83b4a2, 0x3f51efab, 0x3f5831fb, 0x3f74da0e, 0x3f4f3fac, 0x3f53c1ae, 0x3ef60b02, 0x3f1f8cda, 0x3e70777b,
+            0x3f5b2405,
         ];
         assert_eq!(Philox::at(42, 7).next_u32s(10), raw);
         let u = Philox::at(42, 7).uniform_vec(10);
@@ -338,10 +319,7 @@ mod tests {
         let a = Philox::at(42, 7);
         assert_eq!(a.clone().uniform_vec(1000), a.clone().uniform_vec(1000));
         assert_eq!(a.clone().normal_vec(1000), a.clone().normal_vec(1000));
-        assert_eq!(
-            a.clone().logit_normal_vec(1000, 0.5, 1.3),
-            a.clone().logit_normal_vec(1000, 0.5, 1.3)
-        );
+        assert_eq!(a.clone().logit_normal_vec(1000, 0.5, 1.3), a.clone().logit_normal_vec(1000, 0.5, 1.3));
     }
 
     #[test]
@@ -455,11 +433,7 @@ mod tests {
     fn different_seeds_and_offsets_differ() {
         let base = Philox::at(1, 0).next_u32s(64);
         // Seeds that differ only in the high key word, and a neighbouring offset.
-        for other in [
-            Philox::at(2, 0),
-            Philox::at(1 | 1 << 32, 0),
-            Philox::at(1, 1),
-        ] {
+        for other in [Philox::at(2, 0), Philox::at(1 | 1 << 32, 0), Philox::at(1, 1)] {
             let v = other.clone().next_u32s(64);
             let same = base.iter().zip(&v).filter(|(a, b)| a == b).count();
             assert_eq!(same, 0, "{other:?} shares {same} lanes with seed 1");

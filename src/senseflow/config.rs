@@ -80,7 +80,8 @@ pub struct DistillConfig {
 
 impl DistillConfig {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
-        let cfg: DistillConfig = toml::from_str(text).map_err(|e| Error::format(origin, format!("preset: {}", one_line(&e.to_string()))))?;
+        let cfg: DistillConfig =
+            toml::from_str(text).map_err(|e| Error::format(origin, format!("preset: {}", one_line(&e.to_string()))))?;
         cfg.validate().map_err(|m| Error::format(origin, m))?;
         Ok(cfg)
     }
@@ -119,15 +120,22 @@ impl DistillConfig {
             };
             table.insert(k.to_string(), value);
         }
-        let cfg: DistillConfig =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| Error::Msg(format!("--set: {}", one_line(&e.to_string()))))?;
+        let cfg: DistillConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Msg(format!("--set: {}", one_line(&e.to_string()))))?;
         cfg.validate().map_err(Error::Msg)?;
         *self = cfg;
         Ok(())
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let unit = |name: &str, v: f32| if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(format!("{name} = {v} must be in [0, 1]")) };
+        let unit = |name: &str, v: f32| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} must be in [0, 1]"))
+            }
+        };
         unit("lambda_ida", self.lambda_ida)?;
         unit("backsim_prob", self.backsim_prob)?;
         if self.anchors.is_empty() || self.anchors.windows(2).any(|w| w[1] >= w[0]) || self.anchors[0] > 999 {
@@ -140,7 +148,10 @@ impl DistillConfig {
             return Err(format!("dmd_sigma '{}' must be \"uniform\" or \"logit_normal\"", self.dmd_sigma));
         }
         if !(self.dmd_sigma_lo > 0.0 && self.dmd_sigma_lo < self.dmd_sigma_hi && self.dmd_sigma_hi < 1.0) {
-            return Err(format!("DMD σ range [{}, {}] must satisfy 0 < lo < hi < 1", self.dmd_sigma_lo, self.dmd_sigma_hi));
+            return Err(format!(
+                "DMD σ range [{}, {}] must satisfy 0 < lo < hi < 1",
+                self.dmd_sigma_lo, self.dmd_sigma_hi
+            ));
         }
         if self.isg_huber_c <= 0.0 {
             return Err("isg_huber_c must be > 0".into());

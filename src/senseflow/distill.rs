@@ -76,7 +76,15 @@ impl Discriminator {
     }
 
     /// Logits [B, levels] of images in [−1, 1].
-    pub fn logits(&self, img: &Tensor, text: &Tensor, refs: &[Tensor], cfg: &DistillConfig, rng: &mut Philox, train: bool) -> Result<Tensor> {
+    pub fn logits(
+        &self,
+        img: &Tensor,
+        text: &Tensor,
+        refs: &[Tensor],
+        cfg: &DistillConfig,
+        rng: &mut Philox,
+        train: bool,
+    ) -> Result<Tensor> {
         let x = diff_augment(&img.affine(0.5, 0.5)?, cfg.augment, rng)?;
         let feats = self.backbone.features(&x)?;
         self.heads.forward(&feats, text, refs, train)
@@ -149,9 +157,16 @@ pub struct Optimizers {
 impl Optimizers {
     pub fn new(nets: &Networks, cfg: &DistillConfig) -> Result<Self> {
         let mk = |p: &Vec<(String, Tensor)>, lr: f64| {
-            AdamW::with_groups(vec![ParamGroup { params: p.clone(), weight_decay: None }], AdamWConfig { lr, weight_decay: 0.0, ..Default::default() })
+            AdamW::with_groups(
+                vec![ParamGroup { params: p.clone(), weight_decay: None }],
+                AdamWConfig { lr, weight_decay: 0.0, ..Default::default() },
+            )
         };
-        Ok(Optimizers { gen: mk(&nets.gen_params, cfg.lr_generator)?, fake: mk(&nets.fake_params, cfg.lr_fake)?, disc: mk(&nets.disc_params, cfg.lr_disc)? })
+        Ok(Optimizers {
+            gen: mk(&nets.gen_params, cfg.lr_generator)?,
+            fake: mk(&nets.fake_params, cfg.lr_fake)?,
+            disc: mk(&nets.disc_params, cfg.lr_disc)?,
+        })
     }
 }
 
@@ -165,7 +180,14 @@ fn finite(x: f32) -> bool {
 
 /// Runs G from pure noise through anchors 0..i (stochastic sampler, no grad) and
 /// re-noises the result to anchor i: the backward-simulated x_τ.
-fn backward_simulate(nets: &Networks, anchors: &Anchors, i: usize, cond: &Cond, shape: &[usize], rng: &mut Philox) -> Result<Tensor> {
+fn backward_simulate(
+    nets: &Networks,
+    anchors: &Anchors,
+    i: usize,
+    cond: &Cond,
+    shape: &[usize],
+    rng: &mut Philox,
+) -> Result<Tensor> {
     let _g = autograd::no_grad();
     let b = shape[0];
     let mut x = Tensor::randn(shape, rng);
@@ -195,7 +217,8 @@ pub fn iteration(
     let gen_turn = generator_turn(iter, cfg.ttur);
     let mut log = IterLog { step: iter, generator_turn: gen_turn, ..Default::default() };
     let nan = f32::NAN;
-    (log.loss_g, log.loss_dmd, log.loss_adv, log.loss_isg, log.dmd_grad_mean_abs, log.grad_norm_g) = (nan, nan, nan, nan, nan, nan);
+    (log.loss_g, log.loss_dmd, log.loss_adv, log.loss_isg, log.dmd_grad_mean_abs, log.grad_norm_g) =
+        (nan, nan, nan, nan, nan, nan);
 
     // Anchor and x_τ (backward simulation or forward diffusion of real data).
     let i = (stream(cfg.seed, iter, S::Anchor).next_u32s(1)[0] as usize) % anchors.len();
@@ -258,7 +281,8 @@ pub fn iteration(
         let mut loss = l_dmd;
         if let Some(refs) = &refs {
             let img = nets.decoder.decode(&x)?;
-            let logits = nets.disc.logits(&img, &batch.text_feat, refs, cfg, &mut stream(cfg.seed, iter, S::AugGen), false)?;
+            let logits =
+                nets.disc.logits(&img, &batch.text_feat, refs, cfg, &mut stream(cfg.seed, iter, S::AugGen), false)?;
             let l_adv = ops::hinge_g(&logits)?.scale(w_adv)?;
             log.loss_adv = l_adv.to_scalar()?;
             loss = loss.add(&l_adv.scale(cfg.lambda_gan)?)?;
@@ -269,7 +293,14 @@ pub fn iteration(
             let s_mid = anchors.sample_mid_sigma(i, cfg.isg_margin, &mut irng)?;
             let x_tar = {
                 let _g = autograd::no_grad();
-                let vt = guided_velocity(&nets.teacher, &x_tau, &sigma_vec(tau, b), &batch.cond, &batch.uncond, guidance(g_isg))?;
+                let vt = guided_velocity(
+                    &nets.teacher,
+                    &x_tau,
+                    &sigma_vec(tau, b),
+                    &batch.cond,
+                    &batch.uncond,
+                    guidance(g_isg),
+                )?;
                 let x_mid = euler_step(&x_tau, &vt, tau, s_mid)?;
                 let vgm = velocity(&nets.generator, &x_mid, &sigma_vec(s_mid, b), &batch.cond, None)?;
                 euler_step(&x_mid, &vgm, s_mid, s_prev)?
@@ -307,7 +338,10 @@ pub fn iteration(
     let xd = x.detach();
     {
         let mut frng = stream(cfg.seed, iter, S::Fake);
-        let s = Tensor::from_vec(SigmaSampler::LogitNormal { mean: cfg.fake_logit_mean, std: cfg.fake_logit_std }.sample(b, &mut frng), &[b])?;
+        let s = Tensor::from_vec(
+            SigmaSampler::LogitNormal { mean: cfg.fake_logit_mean, std: cfg.fake_logit_std }.sample(b, &mut frng),
+            &[b],
+        )?;
         let eps = Tensor::randn(&shape, &mut frng);
         let xs = add_noise(&xd, &eps, &s)?;
         let v = velocity(&nets.fake, &xs, &s, &batch.cond.detach(), None)?;
@@ -328,8 +362,16 @@ pub fn iteration(
     log.grad_norm_d = nan;
     if let Some(refs) = &refs {
         let fake_img = nets.decoder.decode(&xd)?.detach();
-        let lr_ = nets.disc.logits(&batch.images, &batch.text_feat, refs, cfg, &mut stream(cfg.seed, iter, S::AugReal), true)?;
-        let lf = nets.disc.logits(&fake_img, &batch.text_feat, refs, cfg, &mut stream(cfg.seed, iter, S::AugFake), true)?;
+        let lr_ = nets.disc.logits(
+            &batch.images,
+            &batch.text_feat,
+            refs,
+            cfg,
+            &mut stream(cfg.seed, iter, S::AugReal),
+            true,
+        )?;
+        let lf =
+            nets.disc.logits(&fake_img, &batch.text_feat, refs, cfg, &mut stream(cfg.seed, iter, S::AugFake), true)?;
         let loss = ops::hinge_d_real(&lr_)?.add(&ops::hinge_d_fake(&lf)?)?.scale(w_adv)?;
         log.loss_d = loss.to_scalar()?;
         let mut grads = autograd::backward(&loss)?;
@@ -346,9 +388,15 @@ pub fn iteration(
 }
 
 /// All tensors a checkpoint holds, by name.
-fn checkpoint_tensors<'a>(nets: &'a Networks, opt_state: &'a [(String, Vec<(String, Tensor)>)], sn: &'a [(String, Tensor)]) -> Vec<(String, &'a Tensor)> {
+fn checkpoint_tensors<'a>(
+    nets: &'a Networks,
+    opt_state: &'a [(String, Vec<(String, Tensor)>)],
+    sn: &'a [(String, Tensor)],
+) -> Vec<(String, &'a Tensor)> {
     let mut out: Vec<(String, &Tensor)> = Vec::new();
-    for (prefix, params) in [("generator/", &nets.gen_params), ("fake/", &nets.fake_params), ("disc/", &nets.disc_params)] {
+    for (prefix, params) in
+        [("generator/", &nets.gen_params), ("fake/", &nets.fake_params), ("disc/", &nets.disc_params)]
+    {
         out.extend(params.iter().map(|(n, t)| (format!("{prefix}{n}"), t)));
     }
     for (prefix, state) in opt_state {
@@ -402,7 +450,13 @@ pub fn restore_checkpoint(dir: &RunDir, nets: &Networks, opt: &mut Optimizers) -
 
 /// The loop: resumes from the latest checkpoint, runs to `cfg.iterations` (or
 /// `stop_at`, for tests of interrupted runs), logs and checkpoints.
-pub fn run(nets: &Networks, cfg: &DistillConfig, data: &dyn DistillData, dir: &RunDir, stop_at: Option<u64>) -> Result<Vec<IterLog>> {
+pub fn run(
+    nets: &Networks,
+    cfg: &DistillConfig,
+    data: &dyn DistillData,
+    dir: &RunDir,
+    stop_at: Option<u64>,
+) -> Result<Vec<IterLog>> {
     let shift = Shift::Sd3(cfg.shift);
     let shift = match &nets.teacher {
         Transformer::Flux(_) => Shift::Flux { mu: crate::diffusion::flux_mu(4096) },
@@ -444,7 +498,12 @@ pub fn run(nets: &Networks, cfg: &DistillConfig, data: &dyn DistillData, dir: &R
         }
         progress.update(
             iter,
-            &format!("fake {:.4} D {:.3}{}", log.loss_fake, log.loss_d, if log.generator_turn { format!(" G {:.4}", log.loss_g) } else { String::new() }),
+            &format!(
+                "fake {:.4} D {:.3}{}",
+                log.loss_fake,
+                log.loss_d,
+                if log.generator_turn { format!(" G {:.4}", log.loss_g) } else { String::new() }
+            ),
         );
         if iter % cfg.checkpoint_every == 0 || iter == end {
             save_checkpoint(dir, nets, &opt, cfg, iter)?;

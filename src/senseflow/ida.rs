@@ -9,7 +9,10 @@ use crate::tensor::Tensor;
 /// is computed in f32 and rounded once into each parameter's storage dtype.
 pub fn ida_blend(fake: &[Tensor], gen: &[Tensor], lambda: f32) -> Result<()> {
     if fake.len() != gen.len() {
-        return Err(Error::op("ida_blend", format!("{} fake-score tensors vs {} generator tensors", fake.len(), gen.len())));
+        return Err(Error::op(
+            "ida_blend",
+            format!("{} fake-score tensors vs {} generator tensors", fake.len(), gen.len()),
+        ));
     }
     for (i, (phi, theta)) in fake.iter().zip(gen).enumerate() {
         if phi.shape() != theta.shape() {

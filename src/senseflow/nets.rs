@@ -72,7 +72,9 @@ pub fn velocity(model: &Transformer, x: &Tensor, sigma: &Tensor, cond: &Cond, gu
             let txt_ids = Tensor::zeros(&[cond.states.shape()[1], axes]);
             let g = match (m.cfg.guidance_embeds, guidance) {
                 (true, Some(g)) => Some(Tensor::full(g, &[x.shape()[0]])),
-                (true, None) => return Err(Error::Msg("this FLUX model embeds guidance: a guidance value is required".into())),
+                (true, None) => {
+                    return Err(Error::Msg("this FLUX model embeds guidance: a guidance value is required".into()))
+                }
                 (false, _) => None,
             };
             m.forward(&FluxInputs {
@@ -99,7 +101,14 @@ fn flux_grid(n: usize) -> (usize, usize) {
 
 /// The guided teacher velocity: CFG runs conditional and unconditional rows as one
 /// doubled batch; embedded guidance passes the scalar; `None` is the plain model.
-pub fn guided_velocity(model: &Transformer, x: &Tensor, sigma: &Tensor, cond: &Cond, uncond: &Cond, g: Guidance) -> Result<Tensor> {
+pub fn guided_velocity(
+    model: &Transformer,
+    x: &Tensor,
+    sigma: &Tensor,
+    cond: &Cond,
+    uncond: &Cond,
+    g: Guidance,
+) -> Result<Tensor> {
     match g {
         Guidance::None => velocity(model, x, sigma, cond, None),
         Guidance::Embedded(w) => velocity(model, x, sigma, cond, Some(w)),

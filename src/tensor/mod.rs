@@ -133,7 +133,13 @@ impl std::fmt::Debug for Tensor {
 impl Tensor {
     // ---- construction -------------------------------------------------------------
 
-    pub(crate) fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, dtype: DType, device: Device, track: bool) -> Self {
+    pub(crate) fn from_parts(
+        storage: Arc<RwLock<Storage>>,
+        layout: Layout,
+        dtype: DType,
+        device: Device,
+        track: bool,
+    ) -> Self {
         Tensor(Arc::new(Inner { id: TensorId::fresh(), storage, layout, dtype, device, track }))
     }
 
@@ -355,7 +361,12 @@ impl Tensor {
         if !self.is_contiguous() || values.len() != self.numel() {
             return Err(Error::op(
                 "assign",
-                format!("{} values into tensor {:?} (contiguous: {})", values.len(), self.shape(), self.is_contiguous()),
+                format!(
+                    "{} values into tensor {:?} (contiguous: {})",
+                    values.len(),
+                    self.shape(),
+                    self.is_contiguous()
+                ),
             ));
         }
         let mut guard = self.0.storage.write().expect("tensor storage lock poisoned");

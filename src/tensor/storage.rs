@@ -12,7 +12,11 @@ pub enum CpuStorage {
     BF16(Vec<bf16>),
     F16(Vec<f16>),
     /// Little-endian values inside a memory-mapped file; `bytes` is the tensor's range.
-    Mapped { map: Arc<memmap2::Mmap>, bytes: Range<usize>, dtype: DType },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        bytes: Range<usize>,
+        dtype: DType,
+    },
 }
 
 pub enum Storage {
@@ -139,8 +143,12 @@ impl CpuStorage {
         let n = values.len();
         match self {
             CpuStorage::F32(v) => v[offset..offset + n].copy_from_slice(values),
-            CpuStorage::BF16(v) => v[offset..offset + n].iter_mut().zip(values).for_each(|(d, &s)| *d = bf16::from_f32(s)),
-            CpuStorage::F16(v) => v[offset..offset + n].iter_mut().zip(values).for_each(|(d, &s)| *d = f16::from_f32(s)),
+            CpuStorage::BF16(v) => {
+                v[offset..offset + n].iter_mut().zip(values).for_each(|(d, &s)| *d = bf16::from_f32(s))
+            }
+            CpuStorage::F16(v) => {
+                v[offset..offset + n].iter_mut().zip(values).for_each(|(d, &s)| *d = f16::from_f32(s))
+            }
             CpuStorage::Mapped { .. } => {
                 // A mapped tensor becomes owned on its first write.
                 let mut owned = CpuStorage::from_f32((0..self.len()).map(|i| self.get_f32(i)).collect(), self.dtype());

@@ -30,7 +30,13 @@ impl CheckpointDir {
     }
 
     /// Writes step `step` and points `latest.json` at it; keeps the newest `keep`.
-    pub fn save(&self, step: u64, tensors: &[(String, &Tensor)], meta: &serde_json::Value, keep: usize) -> Result<PathBuf> {
+    pub fn save(
+        &self,
+        step: u64,
+        tensors: &[(String, &Tensor)],
+        meta: &serde_json::Value,
+        keep: usize,
+    ) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let final_dir = self.dir.join(step_name(step));
         let tmp_dir = self.dir.join(format!("{}.tmp-{}", step_name(step), std::process::id()));
@@ -46,7 +52,10 @@ impl CheckpointDir {
         }
         std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
         sync_dir(&self.dir)?;
-        io::atomic_write_json(self.dir.join("latest.json"), &serde_json::json!({ "step": step, "dir": step_name(step) }))?;
+        io::atomic_write_json(
+            self.dir.join("latest.json"),
+            &serde_json::json!({ "step": step, "dir": step_name(step) }),
+        )?;
         self.prune(keep)?;
         Ok(final_dir)
     }
@@ -68,7 +77,8 @@ impl CheckpointDir {
     pub fn load(&self, dir: &Path) -> Result<Checkpoint> {
         let json_path = dir.join("state.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| Error::io(&json_path, e))?;
-        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&json_path, e.to_string()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&json_path, e.to_string()))?;
         let step = doc["step"].as_u64().ok_or_else(|| Error::format(&json_path, "no \"step\""))?;
         let file = io::load(dir.join("state.safetensors"))?;
         let mut tensors = HashMap::new();
@@ -84,7 +94,12 @@ impl CheckpointDir {
         let mut steps: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map_err(|e| Error::io(&self.dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.contains(".tmp")))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-") && !n.contains(".tmp"))
+            })
             .collect();
         steps.sort();
         let excess = steps.len().saturating_sub(keep.max(1));
@@ -101,7 +116,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 impl Checkpoint {
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| Error::Msg(format!("checkpoint step {}: missing tensor '{name}'", self.step)))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::Msg(format!("checkpoint step {}: missing tensor '{name}'", self.step)))
     }
 
     /// Copies every tensor under `prefix` into the same-named parameters (in place).

@@ -40,7 +40,12 @@ impl MetricsLog {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let kept: String = text
             .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= step)
+            })
             .flat_map(|l| [l, "\n"])
             .collect();
         crate::io::atomic_write(path, |w| w.write_all(kept.as_bytes()).map_err(|e| Error::io(path, e)))

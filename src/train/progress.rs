@@ -38,10 +38,7 @@ impl Progress {
         let width = 24;
         let filled = ((frac * width as f64) as usize).min(width);
         let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);
-        let line = format!(
-            "{} [{bar}] {step}/{} {rate:.2} it/s eta {:.0}s {info}",
-            self.label, self.total, eta
-        );
+        let line = format!("{} [{bar}] {step}/{} {rate:.2} it/s eta {:.0}s {info}", self.label, self.total, eta);
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{line}");

@@ -50,13 +50,7 @@ pub struct HeadsRef<'a> {
 impl<'a> HeadsRef<'a> {
     /// A contiguous [B, H, N, E] buffer.
     pub fn contiguous(data: &'a [f32], h: usize, n: usize, e: usize) -> Self {
-        HeadsRef {
-            data,
-            offset: 0,
-            sb: h * n * e,
-            sh: n * e,
-            sn: e,
-        }
+        HeadsRef { data, offset: 0, sb: h * n * e, sh: n * e, sn: e }
     }
 
     fn at(&self, b: usize, h: usize, n: usize) -> usize {
@@ -65,22 +59,12 @@ impl<'a> HeadsRef<'a> {
 
     /// Rows n0.. of head (b, h) as a matrix [rows × E].
     fn rows(&self, b: usize, h: usize, n0: usize) -> MatRef<'a> {
-        MatRef {
-            data: self.data,
-            offset: self.at(b, h, n0),
-            rs: self.sn as isize,
-            cs: 1,
-        }
+        MatRef { data: self.data, offset: self.at(b, h, n0), rs: self.sn as isize, cs: 1 }
     }
 
     /// Rows n0.. of head (b, h) transposed: a matrix [E × rows].
     fn rows_t(&self, b: usize, h: usize, n0: usize) -> MatRef<'a> {
-        MatRef {
-            data: self.data,
-            offset: self.at(b, h, n0),
-            rs: 1,
-            cs: self.sn as isize,
-        }
+        MatRef { data: self.data, offset: self.at(b, h, n0), rs: 1, cs: self.sn as isize }
     }
 
     fn row(&self, b: usize, h: usize, n: usize, e: usize) -> &'a [f32] {
@@ -95,10 +79,7 @@ impl<'a> HeadsRef<'a> {
             return;
         }
         let last = self.at(b - 1, h - 1, n - 1) + e - 1;
-        assert!(
-            last < self.data.len(),
-            "attention: {what} view reads past its storage"
-        );
+        assert!(last < self.data.len(), "attention: {what} view reads past its storage");
     }
 }
 
@@ -136,14 +117,7 @@ pub struct AttnArgs<'a> {
 
 impl AttnArgs<'_> {
     fn check(&self) {
-        let AttnShape {
-            b,
-            h,
-            nq,
-            nk,
-            d,
-            dv,
-        } = self.shape;
+        let AttnShape { b, h, nq, nk, d, dv } = self.shape;
         self.q.check("q", [b, h, nq, d]);
         self.k.check("k", [b, h, nk, d]);
         self.v.check("v", [b, h, nk, dv]);
@@ -206,8 +180,7 @@ fn gemm_tile(
             || cols == 0
             || x.rs >= 0
                 && x.cs >= 0
-                && x.offset + (rows - 1) * x.rs as usize + (cols - 1) * (x.cs as usize)
-                    < x.data.len()
+                && x.offset + (rows - 1) * x.rs as usize + (cols - 1) * (x.cs as usize) < x.data.len()
     };
     assert!(
         in_bounds(&a, m, k) && in_bounds(&b, k, n) && n <= ld && (m - 1) * ld + n <= dst.len(),
@@ -270,8 +243,7 @@ fn row_max(row: &[f32]) -> f32 {
     for (&x, a) in chunks.remainder().iter().zip(acc.iter_mut()) {
         *a = if x > *a { x } else { *a };
     }
-    acc.iter()
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+    acc.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -302,22 +274,12 @@ fn apply_mask(s: &mut [f32], mask: &[bool]) {
 
 /// A row-major scratch tile [rows × ld] as a gemm operand.
 fn tile(data: &[f32], ld: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        offset: 0,
-        rs: ld as isize,
-        cs: 1,
-    }
+    MatRef { data, offset: 0, rs: ld as isize, cs: 1 }
 }
 
 /// The transpose of a row-major scratch tile [rows × ld]: a matrix [ld × rows].
 fn tile_t(data: &[f32], ld: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        offset: 0,
-        rs: 1,
-        cs: ld as isize,
-    }
+    MatRef { data, offset: 0, rs: 1, cs: ld as isize }
 }
 
 /// Defines `$name` calling the `#[inline(always)]` `$generic` compiled for AVX2+FMA
@@ -355,14 +317,7 @@ simd_dispatch! {
 /// max m and sum l, rescales the accumulator rows [rows × dv] to the new max, and
 /// leaves the unnormalized probabilities exp(S − m_new) in `s`.
 #[inline(always)]
-fn softmax_update_generic(
-    s: &mut [f32],
-    bc: usize,
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-    dv: usize,
-) {
+fn softmax_update_generic(s: &mut [f32], bc: usize, m: &mut [f32], l: &mut [f32], acc: &mut [f32], dv: usize) {
     for (r, row) in s.chunks_exact_mut(bc).enumerate() {
         let m_new = m[r].max(row_max(row));
         if m_new == f32::NEG_INFINITY {
@@ -373,9 +328,7 @@ fn softmax_update_generic(
         let alpha = exp_fast(m[r] - m_new);
         l[r] = l[r] * alpha + exp_shift_sum(row, m_new);
         if alpha != 1.0 {
-            acc[r * dv..(r + 1) * dv]
-                .iter_mut()
-                .for_each(|x| *x *= alpha);
+            acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= alpha);
         }
         m[r] = m_new;
     }
@@ -393,9 +346,7 @@ fn probs_generic(p: &mut [f32], bc: usize, lse: &[f32]) {
 #[inline(always)]
 fn dscores_generic(ds: &mut [f32], p: &[f32], bc: usize, di: &[f32]) {
     for ((dsr, pr), &d) in ds.chunks_exact_mut(bc).zip(p.chunks_exact(bc)).zip(di) {
-        dsr.iter_mut()
-            .zip(pr)
-            .for_each(|(x, &pv)| *x = pv * (*x - d));
+        dsr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - d));
     }
 }
 
@@ -428,24 +379,15 @@ pub fn attention_fwd(args: &AttnArgs) -> (Vec<f32>, Vec<f32>) {
                 .map(move |(qb, (o, l))| (bh, qb * BLOCK_Q, o, l))
         })
         .collect();
-    run_tasks(
-        args.shape.work() >= PAR_THRESHOLD,
-        tasks,
-        |(bh, i0, o, l)| fwd_query_block(args, bh / h, bh % h, i0, o, l),
-    );
+    run_tasks(args.shape.work() >= PAR_THRESHOLD, tasks, |(bh, i0, o, l)| {
+        fwd_query_block(args, bh / h, bh % h, i0, o, l)
+    });
     (out, lse)
 }
 
 /// One query block of one head: rows i0..i0+lse.len(); `acc` [rows × Dv] starts zeroed
 /// and ends as the output.
-fn fwd_query_block(
-    args: &AttnArgs,
-    bi: usize,
-    hi: usize,
-    i0: usize,
-    acc: &mut [f32],
-    lse: &mut [f32],
-) {
+fn fwd_query_block(args: &AttnArgs, bi: usize, hi: usize, i0: usize, acc: &mut [f32], lse: &mut [f32]) {
     let AttnShape { nk, d, dv, .. } = args.shape;
     let br = lse.len();
     let mut m = vec![f32::NEG_INFINITY; br];
@@ -486,21 +428,9 @@ fn fwd_query_block(
 
 /// Backward: given O [B, H, Nq, Dv] and LSE [B, H, Nq] from the forward and dO,
 /// returns (dQ [B, H, Nq, D], dK [B, H, Nk, D], dV [B, H, Nk, Dv]).
-pub fn attention_bwd(
-    args: &AttnArgs,
-    o: HeadsRef,
-    d_o: HeadsRef,
-    lse: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn attention_bwd(args: &AttnArgs, o: HeadsRef, d_o: HeadsRef, lse: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     args.check();
-    let AttnShape {
-        b,
-        h,
-        nq,
-        nk,
-        d,
-        dv,
-    } = args.shape;
+    let AttnShape { b, h, nq, nk, d, dv } = args.shape;
     o.check("o", [b, h, nq, dv]);
     d_o.check("grad_out", [b, h, nq, dv]);
     assert_eq!(lse.len(), b * h * nq, "attention: lse length");
@@ -517,14 +447,10 @@ pub fn attention_bwd(
         .enumerate()
         .map(|(bh, ((q, k), v))| (bh, q, k, v))
         .collect();
-    run_tasks(
-        args.shape.work() >= PAR_THRESHOLD,
-        tasks,
-        |(bh, dq, dk, dv)| {
-            let lse = &lse[bh * nq..(bh + 1) * nq];
-            bwd_head(args, o, d_o, lse, bh / h, bh % h, dq, dk, dv)
-        },
-    );
+    run_tasks(args.shape.work() >= PAR_THRESHOLD, tasks, |(bh, dq, dk, dv)| {
+        let lse = &lse[bh * nq..(bh + 1) * nq];
+        bwd_head(args, o, d_o, lse, bh / h, bh % h, dq, dk, dv)
+    });
     (dq, dk, dvv)
 }
 
@@ -541,13 +467,9 @@ fn bwd_head(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    let AttnShape {
-        nq, nk, d, dv: dvn, ..
-    } = args.shape;
+    let AttnShape { nq, nk, d, dv: dvn, .. } = args.shape;
     let scale = args.scale;
-    let di: Vec<f32> = (0..nq)
-        .map(|i| dot(o.row(bi, hi, i, dvn), d_o.row(bi, hi, i, dvn)))
-        .collect();
+    let di: Vec<f32> = (0..nq).map(|i| dot(o.row(bi, hi, i, dvn), d_o.row(bi, hi, i, dvn))).collect();
     let mut p = vec![0f32; BLOCK_Q * BLOCK_K];
     let mut ds = vec![0f32; BLOCK_Q * BLOCK_K];
     for j0 in (0..nk).step_by(BLOCK_K) {
@@ -555,11 +477,7 @@ fn bwd_head(
         let Some(mask) = args.tile_mask(bi, j0, bc) else {
             continue;
         };
-        let (kt, kr, vt) = (
-            args.k.rows_t(bi, hi, j0),
-            args.k.rows(bi, hi, j0),
-            args.v.rows_t(bi, hi, j0),
-        );
+        let (kt, kr, vt) = (args.k.rows_t(bi, hi, j0), args.k.rows(bi, hi, j0), args.v.rows_t(bi, hi, j0));
         let dk_j = &mut dk[j0 * d..(j0 + bc) * d];
         let dv_j = &mut dv[j0 * dvn..(j0 + bc) * dvn];
         for i0 in (0..nq).step_by(BLOCK_Q) {
@@ -601,16 +519,11 @@ mod tests {
             worst = worst.max((exp_fast(x) as f64 - want).abs() / want);
         }
         println!("exp_fast max rel err on [-87, 0]: {worst:.3e}");
-        assert!(
-            worst < 2.0 * f32::EPSILON as f64,
-            "exp_fast rel err {worst:e}"
-        );
+        assert!(worst < 2.0 * f32::EPSILON as f64, "exp_fast rel err {worst:e}");
         assert_eq!(exp_fast(0.0), 1.0);
         assert_eq!(exp_fast(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_fast(-100.0), 0.0);
         assert!(exp_fast(f32::NAN).is_nan());
-        assert!(
-            (exp_fast(10.0) as f64 - 10f64.exp()).abs() / 10f64.exp() < 4.0 * f32::EPSILON as f64
-        );
+        assert!((exp_fast(10.0) as f64 - 10f64.exp()).abs() / 10f64.exp() < 4.0 * f32::EPSILON as f64);
     }
 }

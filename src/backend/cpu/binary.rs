@@ -23,9 +23,7 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let cs = crate::tensor::Layout::contiguous(shape).strides;
     let pad = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| if i < pad || shape[i - pad] == 1 { 0 } else { cs[i - pad] })
-        .collect()
+    (0..out.len()).map(|i| if i < pad || shape[i - pad] == 1 { 0 } else { cs[i - pad] }).collect()
 }
 
 /// `f(a, b)` over the broadcast of contiguous `a` and `b`.
@@ -66,7 +64,9 @@ pub fn map_broadcast(
         let (oa, ob) = row_offsets(r);
         let m = dst.len();
         match (ia, ib) {
-            (1, 1) => dst.iter_mut().zip(a[oa..oa + m].iter().zip(&b[ob..ob + m])).for_each(|(d, (&x, &y))| *d = f(x, y)),
+            (1, 1) => {
+                dst.iter_mut().zip(a[oa..oa + m].iter().zip(&b[ob..ob + m])).for_each(|(d, (&x, &y))| *d = f(x, y))
+            }
             (1, 0) => dst.iter_mut().zip(&a[oa..oa + m]).for_each(|(d, &x)| *d = f(x, b[ob])),
             (0, 1) => dst.iter_mut().zip(&b[ob..ob + m]).for_each(|(d, &y)| *d = f(a[oa], y)),
             _ => dst.iter_mut().enumerate().for_each(|(j, d)| *d = f(a[oa + j * ia], b[ob + j * ib])),

@@ -75,18 +75,8 @@ impl Conv2dGeom {
 /// Output positions `o` in `0..out` whose input index `o·stride + koff − pad` lies in
 /// `0..size`, as a half-open range.
 fn valid_range(out: usize, stride: usize, koff: usize, pad: usize, size: usize) -> (usize, usize) {
-    let lo = if pad > koff {
-        (pad - koff).div_ceil(stride)
-    } else {
-        0
-    }
-    .min(out);
-    let hi = if size + pad > koff {
-        (size + pad - koff).div_ceil(stride)
-    } else {
-        0
-    }
-    .min(out);
+    let lo = if pad > koff { (pad - koff).div_ceil(stride) } else { 0 }.min(out);
+    let hi = if size + pad > koff { (size + pad - koff).div_ceil(stride) } else { 0 }.min(out);
     (lo, hi.max(lo))
 }
 
@@ -159,14 +149,9 @@ fn gemm_into(
         return;
     }
     let in_bounds = |x: MatRef, rows: usize, cols: usize| {
-        x.rs >= 0
-            && x.cs >= 0
-            && x.offset + (rows - 1) * x.rs as usize + (cols - 1) * (x.cs as usize) < x.data.len()
+        x.rs >= 0 && x.cs >= 0 && x.offset + (rows - 1) * x.rs as usize + (cols - 1) * (x.cs as usize) < x.data.len()
     };
-    assert!(
-        in_bounds(a, m, k) && in_bounds(b, k, n),
-        "conv gemm operand out of bounds"
-    );
+    assert!(in_bounds(a, m, k) && in_bounds(b, k, n), "conv gemm operand out of bounds");
     // SAFETY: the assertions above prove every (i, j) read of a and b lies inside their
     // slices and dst holds exactly m·n contiguous values; with read_dst the old values
     // are scaled by alpha = 1, otherwise they are overwritten.
@@ -197,40 +182,23 @@ fn gemm_into(
 
 /// Row-major `[rows, cols]` view of `data` at `offset`.
 fn row_major(data: &[f32], offset: usize, cols: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        offset,
-        rs: cols as isize,
-        cs: 1,
-    }
+    MatRef { data, offset, rs: cols as isize, cs: 1 }
 }
 
 /// Transposed view: element (i, j) is `data[offset + j·cols + i]` of a row-major
 /// `[·, cols]` matrix.
 fn transposed(data: &[f32], offset: usize, cols: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        offset,
-        rs: 1,
-        cs: cols as isize,
-    }
+    MatRef { data, offset, rs: 1, cs: cols as isize }
 }
 
 /// Runs `f(image index, output chunk)` over `out` split into per-image chunks of `len`,
 /// in parallel when the geometry says so.
-fn per_image(
-    g: &Conv2dGeom,
-    out: &mut [f32],
-    len: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
-) {
+fn per_image(g: &Conv2dGeom, out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     if len == 0 {
         return;
     }
     if g.batch_parallel() {
-        out.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(bi, o)| f(bi, o));
+        out.par_chunks_mut(len).enumerate().for_each(|(bi, o)| f(bi, o));
     } else {
         out.chunks_mut(len).enumerate().for_each(|(bi, o)| f(bi, o));
     }
@@ -249,25 +217,11 @@ pub fn conv2d_fwd(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) ->
         }
         let xb = &x[bi * g.in_len()..(bi + 1) * g.in_len()];
         if g.is_pointwise() {
-            gemm_into(
-                yb,
-                (g.cout, l, k),
-                row_major(w, 0, k),
-                row_major(xb, 0, l),
-                bias.is_some(),
-                par,
-            );
+            gemm_into(yb, (g.cout, l, k), row_major(w, 0, k), row_major(xb, 0, l), bias.is_some(), par);
         } else {
             let mut cols = vec![0f32; k * l];
             im2col(g, xb, &mut cols);
-            gemm_into(
-                yb,
-                (g.cout, l, k),
-                row_major(w, 0, k),
-                row_major(&cols, 0, l),
-                bias.is_some(),
-                par,
-            );
+            gemm_into(yb, (g.cout, l, k), row_major(w, 0, k), row_major(&cols, 0, l), bias.is_some(), par);
         }
     });
     y
@@ -284,14 +238,7 @@ pub fn conv2d_bwd_input(g: &Conv2dGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
             gemm_into(dxb, (k, l, g.cout), transposed(w, 0, k), dyb, false, par);
         } else {
             let mut dcols = vec![0f32; k * l];
-            gemm_into(
-                &mut dcols,
-                (k, l, g.cout),
-                transposed(w, 0, k),
-                dyb,
-                false,
-                par,
-            );
+            gemm_into(&mut dcols, (k, l, g.cout), transposed(w, 0, k), dyb, false, par);
             col2im(g, &dcols, dxb);
         }
     });
@@ -348,10 +295,7 @@ pub fn conv2d_bwd_bias(g: &Conv2dGeom, dy: &[f32]) -> Vec<f32> {
     let l = g.l();
     (0..g.cout)
         .map(|co| {
-            let s: f64 = (0..g.b)
-                .flat_map(|bi| &dy[bi * g.out_len() + co * l..][..l])
-                .map(|&v| v as f64)
-                .sum();
+            let s: f64 = (0..g.b).flat_map(|bi| &dy[bi * g.out_len() + co * l..][..l]).map(|&v| v as f64).sum();
             s as f32
         })
         .collect()
@@ -373,9 +317,7 @@ pub fn upsample_nearest2d_fwd(x: &[f32], planes: usize, h: usize, w: usize, f: u
         return y;
     }
     if y.len() >= PAR_THRESHOLD {
-        x.par_chunks(h * w)
-            .zip(y.par_chunks_mut(ho * wo))
-            .for_each(plane);
+        x.par_chunks(h * w).zip(y.par_chunks_mut(ho * wo)).for_each(plane);
     } else {
         x.chunks(h * w).zip(y.chunks_mut(ho * wo)).for_each(plane);
     }
@@ -398,9 +340,7 @@ pub fn upsample_nearest2d_bwd(dy: &[f32], planes: usize, h: usize, w: usize, f: 
         return dx;
     }
     if dy.len() >= PAR_THRESHOLD {
-        dy.par_chunks(ho * wo)
-            .zip(dx.par_chunks_mut(h * w))
-            .for_each(plane);
+        dy.par_chunks(ho * wo).zip(dx.par_chunks_mut(h * w)).for_each(plane);
     } else {
         dy.chunks(ho * wo).zip(dx.chunks_mut(h * w)).for_each(plane);
     }

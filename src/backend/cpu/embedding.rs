@@ -30,10 +30,7 @@ pub fn scatter_add_rows(ids: &[usize], g: &[f32], v_rows: usize, d: usize) -> Ve
         return grad;
     }
     for (gr, &id) in g.chunks_exact(d).zip(ids) {
-        grad[id * d..(id + 1) * d]
-            .iter_mut()
-            .zip(gr)
-            .for_each(|(a, &b)| *a += b);
+        grad[id * d..(id + 1) * d].iter_mut().zip(gr).for_each(|(a, &b)| *a += b);
     }
     grad
 }
@@ -53,9 +50,7 @@ impl TimestepParams {
     fn freqs(&self) -> Vec<f64> {
         let half = self.dim / 2;
         (0..half)
-            .map(|k| {
-                (-self.max_period.ln() * k as f64 / (half as f64 - self.downscale_freq_shift)).exp()
-            })
+            .map(|k| (-self.max_period.ln() * k as f64 / (half as f64 - self.downscale_freq_shift)).exp())
             .collect()
     }
 

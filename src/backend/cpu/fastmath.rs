@@ -14,14 +14,10 @@ pub fn exp_fast(x: f32) -> f32 {
     let t = xc * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    let two_n = f32::from_bits(
-        (t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23) & 0x7f80_0000,
-    );
+    let two_n = f32::from_bits((t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23) & 0x7f80_0000);
     if x < -87.3 {
         0.0
     } else {

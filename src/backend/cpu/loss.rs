@@ -68,13 +68,7 @@ pub fn hinge_sum(x: &[f32], sign: f32) -> f64 {
 /// d/dx of mean(relu(1 + sign·x)) times `scale`: sign·scale where the hinge is active
 /// (the kink itself gets 0, like torch's relu).
 pub fn hinge_grad(x: &[f32], sign: f32, scale: f32) -> Vec<f32> {
-    map(x, |v| {
-        if 1.0 + sign * v > 0.0 {
-            sign * scale
-        } else {
-            0.0
-        }
-    })
+    map(x, |v| if 1.0 + sign * v > 0.0 { sign * scale } else { 0.0 })
 }
 
 /// Σ x.

@@ -12,10 +12,7 @@
 //!   shift, so it runs the grouped layer-norm kernels: one pass forward, one fused
 //!   backward (dscale = Σ g·x̂, dshift = Σ g).
 
-use super::norm::{
-    group_column_sums, layer_norm_bwd_affine, layer_norm_bwd_dx, layer_norm_fwd, map_rows,
-    split_pairs,
-};
+use super::norm::{group_column_sums, layer_norm_bwd_affine, layer_norm_bwd_dx, layer_norm_fwd, map_rows, split_pairs};
 
 #[inline]
 fn row(x: &[f32], r: usize, d: usize) -> &[f32] {
@@ -122,13 +119,7 @@ pub fn layer_norm_modulate_bwd_shift_scale(
 }
 
 /// out = residual + gate[b]·y for residual/y [B, n, d], gate [B, d].
-pub fn gated_residual_fwd(
-    residual: &[f32],
-    gate: &[f32],
-    y: &[f32],
-    n: usize,
-    d: usize,
-) -> Vec<f32> {
+pub fn gated_residual_fwd(residual: &[f32], gate: &[f32], y: &[f32], n: usize, d: usize) -> Vec<f32> {
     let mut out = vec![0f32; y.len()];
     map_rows(&mut out, d, |r, o| {
         let (rr, gt, yr) = (row(residual, r, d), row(gate, r / n, d), row(y, r, d));

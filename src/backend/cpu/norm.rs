@@ -23,24 +23,14 @@ const ROWS_PER_PARTIAL: usize = 32;
 
 /// Runs `f(row_index, out_row)` for every `d`-wide row of `out`, in parallel above
 /// `PAR_THRESHOLD` elements, and returns the values `f` gives in row order.
-pub fn map_rows<T: Send>(
-    out: &mut [f32],
-    d: usize,
-    f: impl Fn(usize, &mut [f32]) -> T + Sync + Send,
-) -> Vec<T> {
+pub fn map_rows<T: Send>(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) -> T + Sync + Send) -> Vec<T> {
     if out.is_empty() || d == 0 {
         return Vec::new();
     }
     if out.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(d)
-            .enumerate()
-            .map(|(r, o)| f(r, o))
-            .collect()
+        out.par_chunks_mut(d).enumerate().map(|(r, o)| f(r, o)).collect()
     } else {
-        out.chunks_mut(d)
-            .enumerate()
-            .map(|(r, o)| f(r, o))
-            .collect()
+        out.chunks_mut(d).enumerate().map(|(r, o)| f(r, o)).collect()
     }
 }
 
@@ -201,10 +191,7 @@ pub fn layer_norm_bwd_affine(
 
 /// Splits [groups, 2, d] f64 sums into two [groups, d] f32 buffers.
 pub fn split_pairs(sums: &[f64], groups: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
-    let (mut a, mut b) = (
-        Vec::with_capacity(groups * d),
-        Vec::with_capacity(groups * d),
-    );
+    let (mut a, mut b) = (Vec::with_capacity(groups * d), Vec::with_capacity(groups * d));
     for grp in 0..groups {
         let s = &sums[grp * 2 * d..(grp + 1) * 2 * d];
         a.extend(s[..d].iter().map(|&v| v as f32));
@@ -230,13 +217,7 @@ pub fn rms_norm_fwd(x: &[f32], d: usize, weight: Option<&[f32]>, eps: f32) -> (V
 }
 
 /// dx of [`rms_norm_fwd`]: rstd·(gw − x̂·mean(gw·x̂)).
-pub fn rms_norm_bwd_dx(
-    x: &[f32],
-    g: &[f32],
-    rstd: &[f32],
-    d: usize,
-    weight: Option<&[f32]>,
-) -> Vec<f32> {
+pub fn rms_norm_bwd_dx(x: &[f32], g: &[f32], rstd: &[f32], d: usize, weight: Option<&[f32]>) -> Vec<f32> {
     let mut dx = vec![0f32; x.len()];
     map_rows(&mut dx, d, |r, dxr| {
         let (xr, gr, s) = (row(x, r, d), row(g, r, d), rstd[r]);

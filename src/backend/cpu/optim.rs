@@ -65,9 +65,7 @@ pub fn ema_update(e: &mut [f32], p: &[f32], one_minus_decay: f32) {
         }
     };
     if e.len() >= PAR_THRESHOLD {
-        e.par_chunks_mut(CHUNK)
-            .zip(p.par_chunks(CHUNK))
-            .for_each(run);
+        e.par_chunks_mut(CHUNK).zip(p.par_chunks(CHUNK)).for_each(run);
     } else {
         run((e, p));
     }
@@ -77,11 +75,7 @@ pub fn ema_update(e: &mut [f32], p: &[f32], one_minus_decay: f32) {
 pub fn sum_sq(x: &[f32]) -> f64 {
     let part = |c: &[f32]| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
     if x.len() >= PAR_THRESHOLD {
-        x.par_chunks(CHUNK)
-            .map(part)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .sum()
+        x.par_chunks(CHUNK).map(part).collect::<Vec<_>>().into_iter().sum()
     } else {
         part(x)
     }

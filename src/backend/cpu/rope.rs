@@ -25,11 +25,8 @@ fn per_row(
         return out;
     }
     let head = |(o, xh): (&mut [f32], &[f32])| {
-        for (((o, xr), c), s) in o
-            .chunks_exact_mut(d)
-            .zip(xh.chunks_exact(d))
-            .zip(cos.chunks_exact(d))
-            .zip(sin.chunks_exact(d))
+        for (((o, xr), c), s) in
+            o.chunks_exact_mut(d).zip(xh.chunks_exact(d)).zip(cos.chunks_exact(d)).zip(sin.chunks_exact(d))
         {
             f(xr, c, s, o);
         }

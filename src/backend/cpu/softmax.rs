@@ -25,9 +25,7 @@ fn for_blocks<S: Send>(
         return;
     }
     if out.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(block)
-            .enumerate()
-            .for_each_init(&init, |s, (i, o)| f(s, i, o));
+        out.par_chunks_mut(block).enumerate().for_each_init(&init, |s, (i, o)| f(s, i, o));
     } else {
         let mut s = init();
         for (i, o) in out.chunks_mut(block).enumerate() {
@@ -83,25 +81,14 @@ pub fn softmax_bwd(y: &[f32], g: &[f32], n: usize, inner: usize, log: bool) -> V
         block,
         || vec![0f64; inner],
         |sums, k, db| {
-            let (yb, gb) = (
-                &y[k * block..(k + 1) * block],
-                &g[k * block..(k + 1) * block],
-            );
+            let (yb, gb) = (&y[k * block..(k + 1) * block], &g[k * block..(k + 1) * block]);
             sums.fill(0.0);
             for (yr, gr) in yb.chunks(inner).zip(gb.chunks(inner)) {
                 for j in 0..inner {
-                    sums[j] += if log {
-                        gr[j] as f64
-                    } else {
-                        gr[j] as f64 * yr[j] as f64
-                    };
+                    sums[j] += if log { gr[j] as f64 } else { gr[j] as f64 * yr[j] as f64 };
                 }
             }
-            for ((dr, yr), gr) in db
-                .chunks_mut(inner)
-                .zip(yb.chunks(inner))
-                .zip(gb.chunks(inner))
-            {
+            for ((dr, yr), gr) in db.chunks_mut(inner).zip(yb.chunks(inner)).zip(gb.chunks(inner)) {
                 for j in 0..inner {
                     dr[j] = if log {
                         gr[j] - yr[j].exp() * sums[j] as f32

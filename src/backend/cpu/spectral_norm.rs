@@ -12,12 +12,7 @@ const ROWS_PER_TASK: usize = 64;
 
 /// W v: one dot product per row.
 pub fn mv(w: &[f32], cols: usize, v: &[f32]) -> Vec<f64> {
-    let dot = |row: &[f32]| {
-        row.iter()
-            .zip(v)
-            .map(|(&a, &b)| a as f64 * b as f64)
-            .sum::<f64>()
-    };
+    let dot = |row: &[f32]| row.iter().zip(v).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
     if w.len() >= PAR_THRESHOLD {
         w.par_chunks(cols).map(dot).collect()
     } else {
@@ -37,16 +32,13 @@ pub fn mtv(w: &[f32], cols: usize, u: &[f32]) -> Vec<f64> {
         acc
     };
     if w.len() >= PAR_THRESHOLD {
-        w.par_chunks(cols * ROWS_PER_TASK)
-            .zip(u.par_chunks(ROWS_PER_TASK))
-            .map(part)
-            .reduce(
-                || vec![0f64; cols],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
+        w.par_chunks(cols * ROWS_PER_TASK).zip(u.par_chunks(ROWS_PER_TASK)).map(part).reduce(
+            || vec![0f64; cols],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
     } else {
         part((w, u))
     }
@@ -72,10 +64,7 @@ pub fn scale_by_inverse(w: &[f32], sigma: f64) -> Vec<f32> {
 pub fn backward(w: &[f32], g: &[f32], u: &[f32], v: &[f32], sigma: f64) -> Vec<f32> {
     let cols = v.len();
     let gw: f64 = if w.len() >= PAR_THRESHOLD {
-        w.par_iter()
-            .zip(g)
-            .map(|(&a, &b)| a as f64 * b as f64)
-            .sum()
+        w.par_iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum()
     } else {
         w.iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum()
     };
@@ -88,15 +77,9 @@ pub fn backward(w: &[f32], g: &[f32], u: &[f32], v: &[f32], sigma: f64) -> Vec<f
     };
     let mut dw = vec![0f32; w.len()];
     if w.len() >= PAR_THRESHOLD {
-        dw.par_chunks_mut(cols)
-            .zip(g.par_chunks(cols))
-            .enumerate()
-            .for_each(row);
+        dw.par_chunks_mut(cols).zip(g.par_chunks(cols)).enumerate().for_each(row);
     } else {
-        dw.chunks_mut(cols)
-            .zip(g.chunks(cols))
-            .enumerate()
-            .for_each(row);
+        dw.chunks_mut(cols).zip(g.chunks(cols)).enumerate().for_each(row);
     }
     dw
 }

@@ -23,9 +23,8 @@ pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
 pub fn map2(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
     debug_assert_eq!(x.len(), y.len());
     let mut out = vec![0f32; x.len()];
-    let run = |o: &mut [f32], a: &[f32], b: &[f32]| {
-        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b))
-    };
+    let run =
+        |o: &mut [f32], a: &[f32], b: &[f32]| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
     if x.len() >= PAR_THRESHOLD {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))

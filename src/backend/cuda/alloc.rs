@@ -55,10 +55,7 @@ pub(crate) fn size_class(bytes: usize) -> usize {
 
 impl Allocator {
     pub(crate) fn new(ctx: Arc<CudaContext>) -> Self {
-        Self {
-            ctx,
-            state: Mutex::new(State::default()),
-        }
+        Self { ctx, state: Mutex::new(State::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -121,18 +118,13 @@ impl Allocator {
     }
 
     fn release_cache(&self, st: &mut State) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Cuda(format!("bind context: {e:?}")))?;
-        self.ctx
-            .synchronize()
-            .map_err(|e| Error::Cuda(format!("synchronize before freeing the cache: {e:?}")))?;
+        self.ctx.bind_to_thread().map_err(|e| Error::Cuda(format!("bind context: {e:?}")))?;
+        self.ctx.synchronize().map_err(|e| Error::Cuda(format!("synchronize before freeing the cache: {e:?}")))?;
         for (class, ptrs) in st.free.drain() {
             for p in ptrs {
                 // SAFETY: `p` came from cuMemAlloc in this context, is in no free list any more
                 // and no queued work uses it (synchronized above).
-                unsafe { result::free_sync(p) }
-                    .map_err(|e| Error::Cuda(format!("cuMemFree: {e:?}")))?;
+                unsafe { result::free_sync(p) }.map_err(|e| Error::Cuda(format!("cuMemFree: {e:?}")))?;
                 st.stats.bytes_reserved -= class;
             }
         }

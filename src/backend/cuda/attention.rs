@@ -77,50 +77,30 @@ pub struct KeyMask<'a> {
 }
 
 fn strides(h: &Heads) -> sf_attn_strides {
-    sf_attn_strides {
-        batch: h.batch_stride as i64,
-        head: h.head_stride as i64,
-        row: h.row_stride as i64,
-    }
+    sf_attn_strides { batch: h.batch_stride as i64, head: h.head_stride as i64, row: h.row_stride as i64 }
 }
 
 /// Rows start on 16-byte boundaries (bf16: offsets and strides multiples of 8 elements).
 fn aligned(h: &Heads) -> bool {
-    [h.offset, h.batch_stride, h.head_stride, h.row_stride]
-        .iter()
-        .all(|v| v % 8 == 0)
+    [h.offset, h.batch_stride, h.head_stride, h.row_stride].iter().all(|v| v % 8 == 0)
 }
 
 /// Decides the kernels and checks what every kernel needs.
-fn choose(
-    op: &'static str,
-    shape: &AttnShape,
-    dtype: DType,
-    views: &[Heads],
-    imp: AttnImpl,
-) -> Result<AttnImpl> {
+fn choose(op: &'static str, shape: &AttnShape, dtype: DType, views: &[Heads], imp: AttnImpl) -> Result<AttnImpl> {
     if !matches!(dtype, DType::F32 | DType::BF16) {
-        return Err(Error::DType {
-            op,
-            got: dtype,
-            expected: "f32 or bf16",
-        });
+        return Err(Error::DType { op, got: dtype, expected: "f32 or bf16" });
     }
     if shape.batch * shape.heads > 65535 {
-        return Err(Error::op(
-            op,
-            format!(
-                "batch * heads = {} exceeds the grid's 65535",
-                shape.batch * shape.heads
-            ),
-        ));
+        return Err(Error::op(op, format!("batch * heads = {} exceeds the grid's 65535", shape.batch * shape.heads)));
     }
-    let tc_ok =
-        dtype == DType::BF16 && matches!(shape.head_dim, 64 | 128) && views.iter().all(aligned);
+    let tc_ok = dtype == DType::BF16 && matches!(shape.head_dim, 64 | 128) && views.iter().all(aligned);
     match imp {
         AttnImpl::TensorCore if !tc_ok => Err(Error::op(
             op,
-            format!("tensor-core attention needs bf16, head_dim 64 or 128 and 16-byte aligned rows (got {dtype}, d={})", shape.head_dim),
+            format!(
+                "tensor-core attention needs bf16, head_dim 64 or 128 and 16-byte aligned rows (got {dtype}, d={})",
+                shape.head_dim
+            ),
         )),
         AttnImpl::Auto | AttnImpl::TensorCore if tc_ok => Ok(AttnImpl::TensorCore),
         _ if shape.head_dim > SF_ATTN_SIMT_MAX_D as usize || shape.head_dim == 0 => {
@@ -130,48 +110,18 @@ fn choose(
     }
 }
 
-fn check_in(
-    op: &'static str,
-    what: &str,
-    x: &AttnIn,
-    dtype: DType,
-    shape: &AttnShape,
-    len: usize,
-) -> Result<()> {
+fn check_in(op: &'static str, what: &str, x: &AttnIn, dtype: DType, shape: &AttnShape, len: usize) -> Result<()> {
     if x.data.dtype() != dtype {
-        return Err(Error::op(
-            op,
-            format!("{what} is {}, q is {dtype}", x.data.dtype()),
-        ));
+        return Err(Error::op(op, format!("{what} is {}, q is {dtype}", x.data.dtype())));
     }
-    x.view.check(
-        op,
-        what,
-        x.data,
-        [shape.batch, shape.heads, len, shape.head_dim],
-    )
+    x.view.check(op, what, x.data, [shape.batch, shape.heads, len, shape.head_dim])
 }
 
-fn check_out(
-    op: &'static str,
-    what: &str,
-    x: &AttnOut,
-    dtype: DType,
-    shape: &AttnShape,
-    len: usize,
-) -> Result<()> {
+fn check_out(op: &'static str, what: &str, x: &AttnOut, dtype: DType, shape: &AttnShape, len: usize) -> Result<()> {
     if x.data.dtype() != dtype {
-        return Err(Error::op(
-            op,
-            format!("{what} is {}, q is {dtype}", x.data.dtype()),
-        ));
+        return Err(Error::op(op, format!("{what} is {}, q is {dtype}", x.data.dtype())));
     }
-    x.view.check(
-        op,
-        what,
-        x.data,
-        [shape.batch, shape.heads, len, shape.head_dim],
-    )
+    x.view.check(op, what, x.data, [shape.batch, shape.heads, len, shape.head_dim])
 }
 
 fn mask_parts(op: &'static str, m: Option<KeyMask>, shape: &AttnShape) -> Result<(*const u8, i64)> {
@@ -181,16 +131,10 @@ fn mask_parts(op: &'static str, m: Option<KeyMask>, shape: &AttnShape) -> Result
     if shape.batch > 0 && shape.kv_len > 0 {
         let last = m.offset + (shape.batch - 1) * m.batch_stride + shape.kv_len - 1;
         if last >= m.mask.len() {
-            return Err(Error::op(
-                op,
-                format!("key mask reaches element {last} but holds {}", m.mask.len()),
-            ));
+            return Err(Error::op(op, format!("key mask reaches element {last} but holds {}", m.mask.len())));
         }
     }
-    Ok((
-        m.mask.in_ptr().wrapping_add(m.offset),
-        m.batch_stride as i64,
-    ))
+    Ok((m.mask.in_ptr().wrapping_add(m.offset), m.batch_stride as i64))
 }
 
 /// Dynamic shared memory of the tensor-core kernels (layouts in kernels/attention.cu).
@@ -251,13 +195,7 @@ pub fn attn_fwd(
     check_in(OP, "k", &k, dt, &shape, shape.kv_len)?;
     check_in(OP, "v", &v, dt, &shape, shape.kv_len)?;
     check_out(OP, "o", &o, dt, &shape, shape.q_len)?;
-    lse.check(
-        OP,
-        "lse",
-        DType::F32,
-        0,
-        shape.batch * shape.heads * shape.q_len,
-    )?;
+    lse.check(OP, "lse", DType::F32, 0, shape.batch * shape.heads * shape.q_len)?;
     let (mask, mask_stride) = mask_parts(OP, key_mask, &shape)?;
     let p = sf_attn_fwd_params {
         q: q.data.in_ptr(q.view.offset),
@@ -331,15 +269,7 @@ pub fn attn_bwd(
 ) -> Result<AttnImpl> {
     const OP: &str = "attn_bwd";
     let dt = q.data.dtype();
-    let imp = choose(
-        OP,
-        &shape,
-        dt,
-        &[
-            q.view, k.view, v.view, o.view, dout.view, dq.view, dk.view, dv.view,
-        ],
-        imp,
-    )?;
+    let imp = choose(OP, &shape, dt, &[q.view, k.view, v.view, o.view, dout.view, dq.view, dk.view, dv.view], imp)?;
     check_in(OP, "q", &q, dt, &shape, shape.q_len)?;
     check_in(OP, "k", &k, dt, &shape, shape.kv_len)?;
     check_in(OP, "v", &v, dt, &shape, shape.kv_len)?;
@@ -382,66 +312,30 @@ pub fn attn_bwd(
     };
     let bh = (shape.batch * shape.heads) as u32;
     let simt_block = (SIMT_WARPS * 32) as u32;
-    let pre = if dt == DType::F32 {
-        "attn_bwd_preprocess_f32"
-    } else {
-        "attn_bwd_preprocess_bf16"
-    };
+    let pre = if dt == DType::F32 { "attn_bwd_preprocess_f32" } else { "attn_bwd_preprocess_bf16" };
     // SAFETY: every operand was bounds-checked through its strides, lse holds B * H * Nq f32 and
     // delta (this function's scratch) as many; the mask span was checked by mask_parts.
-    unsafe {
-        dev.launch(
-            pre,
-            (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
-            simt_block,
-            0,
-            &p,
-        )
-    }?;
+    unsafe { dev.launch(pre, (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1), simt_block, 0, &p) }?;
     if imp == AttnImpl::TensorCore {
         let d = shape.head_dim;
         let t = SF_ATTN_TC_THREADS;
         // SAFETY: as for the preprocess launch; tensor-core eligibility was established by
         // `choose`, and the shared memory size matches the dq kernel's tile layout.
         unsafe {
-            dev.launch(
-                tc_name("dq", d),
-                (shape.q_len.div_ceil(TC_BLOCK_M) as u32, bh, 1),
-                t,
-                tc_smem("dq", d),
-                &p,
-            )
+            dev.launch(tc_name("dq", d), (shape.q_len.div_ceil(TC_BLOCK_M) as u32, bh, 1), t, tc_smem("dq", d), &p)
         }?;
         // SAFETY: as above, for the dK/dV pass and its tile layout.
         unsafe {
-            dev.launch(
-                tc_name("dkdv", d),
-                (shape.kv_len.div_ceil(TC_BLOCK_N) as u32, bh, 1),
-                t,
-                tc_smem("dkdv", d),
-                &p,
-            )
+            dev.launch(tc_name("dkdv", d), (shape.kv_len.div_ceil(TC_BLOCK_N) as u32, bh, 1), t, tc_smem("dkdv", d), &p)
         }?;
     } else {
         // SAFETY: as for the preprocess launch; head_dim <= SF_ATTN_SIMT_MAX_D (`choose`).
         unsafe {
-            dev.launch(
-                simt_name("dq", dt),
-                (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
-                simt_block,
-                0,
-                &p,
-            )
+            dev.launch(simt_name("dq", dt), (shape.q_len.div_ceil(SIMT_WARPS) as u32, bh, 1), simt_block, 0, &p)
         }?;
         // SAFETY: as above.
         unsafe {
-            dev.launch(
-                simt_name("dkdv", dt),
-                (shape.kv_len.div_ceil(SIMT_WARPS) as u32, bh, 1),
-                simt_block,
-                0,
-                &p,
-            )
+            dev.launch(simt_name("dkdv", dt), (shape.kv_len.div_ceil(SIMT_WARPS) as u32, bh, 1), simt_block, 0, &p)
         }?;
     }
     Ok(imp)

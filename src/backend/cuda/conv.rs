@@ -7,12 +7,7 @@ use super::storage::CudaStorage;
 use crate::error::{Error, Result};
 use crate::tensor::Layout;
 
-pub(crate) const KERNELS: &[&str] = &[
-    "im2col_fwd_f32",
-    "im2col_fwd_bf16",
-    "im2col_bwd_f32",
-    "im2col_bwd_bf16",
-];
+pub(crate) const KERNELS: &[&str] = &["im2col_fwd_f32", "im2col_fwd_bf16", "im2col_bwd_f32", "im2col_bwd_bf16"];
 
 const THREADS: u32 = SF_BLOCK_THREADS;
 
@@ -34,26 +29,11 @@ impl ConvGeometry {
     pub fn out_hw(&self) -> Option<(usize, usize)> {
         let dim = |n: usize, k: usize, s: usize, p: usize, d: usize| {
             let span = d * (k.checked_sub(1)?) + 1;
-            (n + 2 * p)
-                .checked_sub(span)
-                .filter(|_| s > 0)
-                .map(|r| r / s + 1)
+            (n + 2 * p).checked_sub(span).filter(|_| s > 0).map(|r| r / s + 1)
         };
         Some((
-            dim(
-                self.height,
-                self.kernel.0,
-                self.stride.0,
-                self.padding.0,
-                self.dilation.0,
-            )?,
-            dim(
-                self.width,
-                self.kernel.1,
-                self.stride.1,
-                self.padding.1,
-                self.dilation.1,
-            )?,
+            dim(self.height, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0)?,
+            dim(self.width, self.kernel.1, self.stride.1, self.padding.1, self.dilation.1)?,
         ))
     }
 
@@ -64,9 +44,7 @@ impl ConvGeometry {
     }
 
     fn raw(&self, op: &'static str) -> Result<sf_conv_geometry> {
-        let (oh, ow) = self
-            .out_hw()
-            .ok_or_else(|| Error::op(op, format!("{self:?} has no valid output size")))?;
+        let (oh, ow) = self.out_hw().ok_or_else(|| Error::op(op, format!("{self:?} has no valid output size")))?;
         let i = |v: usize| i32::try_from(v).map_err(|_| Error::op(op, format!("{v} exceeds i32")));
         Ok(sf_conv_geometry {
             batch: i(self.batch)?,
@@ -117,43 +95,18 @@ pub fn im2col(
     };
     // SAFETY: x was span-checked through its layout against the geometry's [B, C, H, W], col holds
     // B * C * KH * KW * OH * OW elements of x's dtype; padding reads are skipped by the kernel.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }
 
 /// dx [B, C, H, W] (contiguous) from dcol: the backward of [`im2col`].
-pub fn col2im(
-    dev: &CudaDevice,
-    col: &CudaStorage,
-    g: &ConvGeometry,
-    dx: &mut CudaStorage,
-) -> Result<()> {
+pub fn col2im(dev: &CudaDevice, col: &CudaStorage, g: &ConvGeometry, dx: &mut CudaStorage) -> Result<()> {
     const OP: &str = "col2im";
     let raw = g.raw(OP)?;
     col.check(OP, "col", col.dtype(), 0, g.col_len().unwrap_or(0))?;
     let n = g.batch * g.channels * g.height * g.width;
     dx.check(OP, "dx", col.dtype(), 0, n)?;
     let name = kernel_name!(OP, col.dtype(), "im2col_bwd");
-    let p = sf_col2im_params {
-        col: col.in_ptr(0),
-        dx: dx.out_ptr(0),
-        g: raw,
-    };
+    let p = sf_col2im_params { col: col.in_ptr(0), dx: dx.out_ptr(0), g: raw };
     // SAFETY: col holds the geometry's col_len and dx B * C * H * W elements, both of one dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }

@@ -17,14 +17,11 @@
 use super::alloc::{AllocStats, Allocator};
 use super::gemm::Blas;
 use super::{
-    attention, conv, elementwise, embedding, kernels, loss, norm, nvtx, optim, reduce, rng, rope,
-    softmax, upsample,
+    attention, conv, elementwise, embedding, kernels, loss, norm, nvtx, optim, reduce, rng, rope, softmax, upsample,
 };
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUstream};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -66,10 +63,7 @@ pub fn is_available() -> bool {
 /// The device with this ordinal, created (context, stream, kernels) on first use.
 pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
-    let mut map = DEVICES
-        .get_or_init(Default::default)
-        .lock()
-        .expect("device registry lock poisoned");
+    let mut map = DEVICES.get_or_init(Default::default).lock().expect("device registry lock poisoned");
     if let Some(d) = map.get(&ordinal) {
         return Ok(d.clone());
     }
@@ -111,41 +105,28 @@ impl CudaDevice {
     fn new(ordinal: usize) -> Result<Self> {
         // SAFETY: only tries to dlopen libcuda.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(Error::Cuda(
-                "libcuda.so not found: this machine has no NVIDIA driver".into(),
-            ));
+            return Err(Error::Cuda("libcuda.so not found: this machine has no NVIDIA driver".into()));
         }
         let count = CudaContext::device_count().map_err(cuda_err("cuDeviceGetCount"))?;
         if ordinal >= count.max(0) as usize {
-            return Err(Error::Cuda(format!(
-                "cuda:{ordinal} requested but {count} device(s) are visible"
-            )));
+            return Err(Error::Cuda(format!("cuda:{ordinal} requested but {count} device(s) are visible")));
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("create context"))?;
         // SAFETY: single-stream use: the stream orders every access to every buffer, and no
         // CudaSlice of cudarc's is ever created (the allocator works with raw blocks).
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda_err("create stream"))?;
-        let attr =
-            |a: CUdevice_attribute| ctx.attribute(a).map_err(cuda_err("cuDeviceGetAttribute"));
+        let attr = |a: CUdevice_attribute| ctx.attribute(a).map_err(cuda_err("cuDeviceGetAttribute"));
         let sm_count = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
-        let max_smem_optin =
-            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
-        let compute_capability = ctx
-            .compute_capability()
-            .map_err(cuda_err("compute capability"))?;
+        let max_smem_optin = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
+        let compute_capability = ctx.compute_capability().map_err(cuda_err("compute capability"))?;
         let name = ctx.name().map_err(cuda_err("device name"))?;
 
         let mut loaded = HashMap::new();
         for &(family, names) in KERNEL_FAMILIES {
-            let image = kernels::FATBINS
-                .iter()
-                .find(|(stem, _)| *stem == family)
-                .map(|(_, b)| *b)
-                .ok_or_else(|| {
-                    Error::Cuda(format!(
-                        "no embedded fatbin for kernel family '{family}' (kernels/{family}.cu)"
-                    ))
+            let image =
+                kernels::FATBINS.iter().find(|(stem, _)| *stem == family).map(|(_, b)| *b).ok_or_else(|| {
+                    Error::Cuda(format!("no embedded fatbin for kernel family '{family}' (kernels/{family}.cu)"))
                 })?;
             let module = ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(|e| {
                 Error::Cuda(format!(
@@ -155,18 +136,10 @@ impl CudaDevice {
                 ))
             })?;
             for &kname in names {
-                let func = module.load_function(kname).map_err(|e| {
-                    Error::Cuda(format!(
-                        "kernel '{kname}' not found in kernels/{family}.cu: {e:?}"
-                    ))
-                })?;
-                loaded.insert(
-                    kname,
-                    Kernel {
-                        func,
-                        smem_limit: AtomicU32::new(DEFAULT_SMEM_LIMIT),
-                    },
-                );
+                let func = module
+                    .load_function(kname)
+                    .map_err(|e| Error::Cuda(format!("kernel '{kname}' not found in kernels/{family}.cu: {e:?}")))?;
+                loaded.insert(kname, Kernel { func, smem_limit: AtomicU32::new(DEFAULT_SMEM_LIMIT) });
             }
         }
         Ok(Self {
@@ -262,10 +235,8 @@ impl CudaDevice {
         smem: u32,
         params: &P,
     ) -> Result<()> {
-        let k = self
-            .kernels
-            .get(name)
-            .ok_or_else(|| Error::Cuda(format!("kernel '{name}' is not in KERNEL_FAMILIES")))?;
+        let k =
+            self.kernels.get(name).ok_or_else(|| Error::Cuda(format!("kernel '{name}' is not in KERNEL_FAMILIES")))?;
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(()); // empty work
         }
@@ -277,19 +248,12 @@ impl CudaDevice {
                 )));
             }
             k.func
-                .set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                )
+                .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
                 .map_err(cuda_err("cuFuncSetAttribute(max dynamic shared memory)"))?;
             k.smem_limit.store(smem, Ordering::Relaxed);
         }
         let _range = nvtx::range(name);
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: smem,
-        };
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem };
         let mut builder = self.stream.launch_builder(&k.func);
         builder.arg(params);
         // SAFETY: the caller guarantees `params` matches the kernel and its pointers cover
@@ -310,24 +274,15 @@ mod tests {
     #[test]
     fn every_kernel_name_is_in_its_fatbin() {
         for &(family, names) in KERNEL_FAMILIES {
-            let (_, image) = kernels::FATBINS
-                .iter()
-                .find(|(stem, _)| *stem == family)
-                .expect("fatbin for family");
+            let (_, image) = kernels::FATBINS.iter().find(|(stem, _)| *stem == family).expect("fatbin for family");
             for name in names {
                 let mut needle = name.as_bytes().to_vec();
                 needle.push(0);
-                assert!(
-                    image.windows(needle.len()).any(|w| w == needle),
-                    "{name} not in kernels/{family}.cu"
-                );
+                assert!(image.windows(needle.len()).any(|w| w == needle), "{name} not in kernels/{family}.cu");
             }
         }
         for (stem, _) in kernels::FATBINS {
-            assert!(
-                KERNEL_FAMILIES.iter().any(|(f, _)| f == stem),
-                "kernels/{stem}.cu has no launcher family"
-            );
+            assert!(KERNEL_FAMILIES.iter().any(|(f, _)| f == stem), "kernels/{stem}.cu has no launcher family");
         }
     }
 

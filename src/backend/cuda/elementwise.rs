@@ -37,46 +37,19 @@ fn per_thread(dtype: DType) -> usize {
 
 fn same_len(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
     if a.len() != b.len() || a.dtype() != b.dtype() {
-        return Err(Error::op(
-            op,
-            format!("{a:?} and {b:?} differ in length or dtype"),
-        ));
+        return Err(Error::op(op, format!("{a:?} and {b:?} differ in length or dtype")));
     }
     Ok(())
 }
 
 /// y = f(x); `alpha` is leaky_relu's slope (ignored by other ops).
-pub fn unary_fwd(
-    dev: &CudaDevice,
-    op: UnaryOp,
-    alpha: f32,
-    x: &CudaStorage,
-    y: &mut CudaStorage,
-) -> Result<()> {
+pub fn unary_fwd(dev: &CudaDevice, op: UnaryOp, alpha: f32, x: &CudaStorage, y: &mut CudaStorage) -> Result<()> {
     same_len("unary_fwd", x, y)?;
     let name = kernel_name!("unary_fwd", x.dtype(), "unary_fwd");
     let n = x.len();
-    let p = sf_unary_fwd_params {
-        x: x.in_ptr(0),
-        y: y.out_ptr(0),
-        n: n as i64,
-        op: op as i32,
-        alpha,
-    };
+    let p = sf_unary_fwd_params { x: x.in_ptr(0), y: y.out_ptr(0), n: n as i64, op: op as i32, alpha };
     // SAFETY: x and y hold n elements of one dtype (same_len); the kernel touches [0, n) of each.
-    unsafe {
-        dev.launch(
-            name,
-            (
-                dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
-                1,
-                1,
-            ),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize * per_thread(x.dtype())), 1, 1), THREADS, 0, &p) }
 }
 
 /// dx = dy * f'(x).
@@ -92,71 +65,26 @@ pub fn unary_bwd(
     same_len("unary_bwd", x, dx)?;
     let name = kernel_name!("unary_bwd", x.dtype(), "unary_bwd");
     let n = x.len();
-    let p = sf_unary_bwd_params {
-        x: x.in_ptr(0),
-        dy: dy.in_ptr(0),
-        dx: dx.out_ptr(0),
-        n: n as i64,
-        op: op as i32,
-        alpha,
-    };
+    let p =
+        sf_unary_bwd_params { x: x.in_ptr(0), dy: dy.in_ptr(0), dx: dx.out_ptr(0), n: n as i64, op: op as i32, alpha };
     // SAFETY: x, dy and dx hold n elements of one dtype (same_len); the kernel touches [0, n).
-    unsafe {
-        dev.launch(
-            name,
-            (
-                dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
-                1,
-                1,
-            ),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize * per_thread(x.dtype())), 1, 1), THREADS, 0, &p) }
 }
 
 /// y = x * scale + shift (one fma). The backward is `affine(dy, scale, 0)`.
-pub fn affine(
-    dev: &CudaDevice,
-    x: &CudaStorage,
-    y: &mut CudaStorage,
-    scale: f32,
-    shift: f32,
-) -> Result<()> {
+pub fn affine(dev: &CudaDevice, x: &CudaStorage, y: &mut CudaStorage, scale: f32, shift: f32) -> Result<()> {
     same_len("affine", x, y)?;
     let name = kernel_name!("affine", x.dtype(), "affine_fwd");
     let n = x.len();
-    let p = sf_affine_params {
-        x: x.in_ptr(0),
-        y: y.out_ptr(0),
-        n: n as i64,
-        scale,
-        shift,
-    };
+    let p = sf_affine_params { x: x.in_ptr(0), y: y.out_ptr(0), n: n as i64, scale, shift };
     // SAFETY: x and y hold n elements of one dtype (same_len).
-    unsafe {
-        dev.launch(
-            name,
-            (
-                dev.grid_for(n, THREADS as usize * per_thread(x.dtype())),
-                1,
-                1,
-            ),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize * per_thread(x.dtype())), 1, 1), THREADS, 0, &p) }
 }
 
 /// y = x converted to y's dtype (f32 <-> bf16, round to nearest even).
 pub fn cast(dev: &CudaDevice, x: &CudaStorage, y: &mut CudaStorage) -> Result<()> {
     if x.len() != y.len() {
-        return Err(Error::op(
-            "cast",
-            format!("{x:?} into {y:?}: lengths differ"),
-        ));
+        return Err(Error::op("cast", format!("{x:?} into {y:?}: lengths differ")));
     }
     let name = match (x.dtype(), y.dtype()) {
         (DType::BF16, DType::F32) => "cast_bf16_to_f32",
@@ -164,21 +92,9 @@ pub fn cast(dev: &CudaDevice, x: &CudaStorage, y: &mut CudaStorage) -> Result<()
         (a, b) => return Err(Error::op("cast", format!("no cast kernel from {a} to {b}"))),
     };
     let n = x.len();
-    let p = sf_cast_params {
-        x: x.in_ptr(0),
-        y: y.out_ptr(0),
-        n: n as i64,
-    };
+    let p = sf_cast_params { x: x.in_ptr(0), y: y.out_ptr(0), n: n as i64 };
     // SAFETY: x and y hold n elements each, of the dtypes the kernel name says.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n, THREADS as usize * 8), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize * 8), 1, 1), THREADS, 0, &p) }
 }
 
 /// Right-aligned NumPy broadcast of two shapes.
@@ -186,16 +102,8 @@ fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
-            let da = if i + a.len() >= n {
-                a[i + a.len() - n]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= n {
-                b[i + b.len() - n]
-            } else {
-                1
-            };
+            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
             match (da, db) {
                 (x, y) if x == y => Some(x),
                 (1, y) => Some(y),
@@ -226,18 +134,9 @@ struct Broadcast {
     b: ([i64; SF_MAX_DIMS as usize], [i64; SF_MAX_DIMS as usize]),
 }
 
-fn plan(
-    op: &'static str,
-    a: &CudaStorage,
-    al: &Layout,
-    b: &CudaStorage,
-    bl: &Layout,
-) -> Result<Broadcast> {
+fn plan(op: &'static str, a: &CudaStorage, al: &Layout, b: &CudaStorage, bl: &Layout) -> Result<Broadcast> {
     if a.dtype() != b.dtype() {
-        return Err(Error::op(
-            op,
-            format!("dtype mismatch: {} vs {}", a.dtype(), b.dtype()),
-        ));
+        return Err(Error::op(op, format!("dtype mismatch: {} vs {}", a.dtype(), b.dtype())));
     }
     let out = broadcast(&al.shape, &bl.shape).ok_or_else(|| Error::ShapeMismatch {
         op,
@@ -245,10 +144,7 @@ fn plan(
         rhs: bl.shape.clone(),
     })?;
     if out.len() > SF_MAX_DIMS as usize {
-        return Err(Error::op(
-            op,
-            format!("rank {} exceeds the kernel's {SF_MAX_DIMS}", out.len()),
-        ));
+        return Err(Error::op(op, format!("rank {} exceeds the kernel's {SF_MAX_DIMS}", out.len())));
     }
     a.check_span(op, "a", al.offset, &al.shape, &al.strides)?;
     b.check_span(op, "b", bl.offset, &bl.shape, &bl.strides)?;
@@ -257,12 +153,7 @@ fn plan(
     for (i, &d) in out.iter().enumerate() {
         shape[rank - out.len() + i] = d as i64;
     }
-    Ok(Broadcast {
-        shape,
-        a: padded(al, rank),
-        b: padded(bl, rank),
-        out,
-    })
+    Ok(Broadcast { shape, a: padded(al, rank), b: padded(bl, rank), out })
 }
 
 /// out = a op b, broadcast; `out` is contiguous with the broadcast shape.
@@ -279,10 +170,8 @@ pub fn binary_fwd(
     let n: usize = bc.out.iter().product();
     out.check("binary_fwd", "out", a.dtype(), 0, n)?;
     let name = kernel_name!("binary_fwd", a.dtype(), "binary_fwd");
-    let contiguous = a_layout.shape == bc.out
-        && b_layout.shape == bc.out
-        && a_layout.is_contiguous()
-        && b_layout.is_contiguous();
+    let contiguous =
+        a_layout.shape == bc.out && b_layout.shape == bc.out && a_layout.is_contiguous() && b_layout.is_contiguous();
     let p = sf_binary_fwd_params {
         a: a.in_ptr(a_layout.offset),
         b: b.in_ptr(b_layout.offset),
@@ -295,11 +184,7 @@ pub fn binary_fwd(
         a_strides: bc.a.1,
         b_strides: bc.b.1,
     };
-    let per = if contiguous {
-        THREADS as usize * per_thread(a.dtype())
-    } else {
-        THREADS as usize
-    };
+    let per = if contiguous { THREADS as usize * per_thread(a.dtype()) } else { THREADS as usize };
     // SAFETY: a and b were span-checked through their broadcast layouts (`plan`) and out holds the
     // broadcast shape's n elements; rank <= SF_MAX_DIMS.
     unsafe { dev.launch(name, (dev.grid_for(n, per), 1, 1), THREADS, 0, &p) }
@@ -349,13 +234,5 @@ pub fn binary_bwd(
     };
     // SAFETY: a, b span-checked by `plan`; dout holds the broadcast shape, da and db (when given)
     // their operand's element count, all of one dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(na.max(nb), THREADS as usize), 2, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(na.max(nb), THREADS as usize), 2, 1), THREADS, 0, &p) }
 }

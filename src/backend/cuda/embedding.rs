@@ -41,15 +41,7 @@ pub fn embedding_fwd(
     };
     // SAFETY: table holds vocab * dim and out ids.len() * dim elements of one dtype; ids outside
     // the vocabulary read as zeros in the kernel.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(ids.len() * dim, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(ids.len() * dim, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }
 
 /// dtable[id] (+)= sum of dout[i] over the positions i with ids[i] == id. Rows of ids that do
@@ -66,10 +58,7 @@ pub fn embedding_bwd(
 ) -> Result<()> {
     const OP: &str = "embedding_bwd";
     if let Some(&bad) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab) {
-        return Err(Error::op(
-            OP,
-            format!("id {bad} outside the vocabulary of {vocab}"),
-        ));
+        return Err(Error::op(OP, format!("id {bad} outside the vocabulary of {vocab}")));
     }
     dout.check(OP, "dout", dtable.dtype(), 0, ids.len() * dim)?;
     dtable.check(OP, "dtable", dtable.dtype(), 0, vocab * dim)?;
@@ -143,13 +132,5 @@ pub fn timestep_embedding(
         max_period: cfg.max_period,
     };
     // SAFETY: t holds B f32 timesteps and out B * dim elements.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(b * cfg.dim, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(b * cfg.dim, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }

@@ -102,15 +102,10 @@ impl Blas {
         // SAFETY: a fresh handle; the stream outlives the device's Blas; the workspace is held
         // by `Handles` as long as the handle exists.
         unsafe {
-            cudarc::cublas::result::set_stream(blas, dev.cu_stream() as _)
-                .map_err(cuda_err("cublasSetStream"))?;
-            blas_sys::cublasSetWorkspace_v2(
-                blas,
-                workspace.out_ptr() as *mut c_void,
-                WORKSPACE_BYTES,
-            )
-            .result()
-            .map_err(cuda_err("cublasSetWorkspace"))?;
+            cudarc::cublas::result::set_stream(blas, dev.cu_stream() as _).map_err(cuda_err("cublasSetStream"))?;
+            blas_sys::cublasSetWorkspace_v2(blas, workspace.out_ptr() as *mut c_void, WORKSPACE_BYTES)
+                .result()
+                .map_err(cuda_err("cublasSetWorkspace"))?;
         }
         // SAFETY: only probes whether the library can be dlopened.
         let lt = if unsafe { lt_sys::is_culib_present() } {
@@ -118,14 +113,7 @@ impl Blas {
         } else {
             None
         };
-        Ok(Self {
-            handles: Mutex::new(Handles {
-                blas,
-                lt,
-                workspace,
-                algos: HashMap::new(),
-            }),
-        })
+        Ok(Self { handles: Mutex::new(Handles { blas, lt, workspace, algos: HashMap::new() }) })
     }
 }
 
@@ -160,45 +148,20 @@ fn check_mat(
     let (offset, ld, batch_stride) = at;
     let cols = dims[2];
     if ld < cols.max(1) {
-        return Err(Error::op(
-            op,
-            format!("{what}: leading dimension {ld} < {cols} columns"),
-        ));
+        return Err(Error::op(op, format!("{what}: leading dimension {ld} < {cols} columns")));
     }
     data.check_span(op, what, offset, &dims, &[batch_stride, ld, 1])
 }
 
 fn check(op: &'static str, s: &GemmSpec, a: &MatIn, b: &MatIn, c: &MatOut) -> Result<()> {
     let ((ar, ac), (br, bc)) = stored_shapes(s);
-    check_mat(
-        op,
-        "A",
-        a.data,
-        (a.offset, a.ld, a.batch_stride),
-        [s.batch, ar, ac],
-    )?;
-    check_mat(
-        op,
-        "B",
-        b.data,
-        (b.offset, b.ld, b.batch_stride),
-        [s.batch, br, bc],
-    )?;
-    check_mat(
-        op,
-        "C",
-        c.data,
-        (c.offset, c.ld, c.batch_stride),
-        [s.batch, s.m, s.n],
-    )?;
+    check_mat(op, "A", a.data, (a.offset, a.ld, a.batch_stride), [s.batch, ar, ac])?;
+    check_mat(op, "B", b.data, (b.offset, b.ld, b.batch_stride), [s.batch, br, bc])?;
+    check_mat(op, "C", c.data, (c.offset, c.ld, c.batch_stride), [s.batch, s.m, s.n])?;
     match (a.data.dtype(), b.data.dtype(), c.data.dtype()) {
-        (DType::BF16, DType::BF16, DType::BF16 | DType::F32)
-        | (DType::F32, DType::F32, DType::F32) => {}
+        (DType::BF16, DType::BF16, DType::BF16 | DType::F32) | (DType::F32, DType::F32, DType::F32) => {}
         (x, y, z) => {
-            return Err(Error::op(
-                op,
-                format!("no GEMM for A {x}, B {y} -> C {z} (bf16 x bf16 -> bf16/f32, or f32)"),
-            ))
+            return Err(Error::op(op, format!("no GEMM for A {x}, B {y} -> C {z} (bf16 x bf16 -> bf16/f32, or f32)")))
         }
     }
     for v in [s.m, s.n, s.k, s.batch, a.ld, b.ld, c.ld] {
@@ -309,13 +272,8 @@ fn lt_layout(
     batch: usize,
     stride: usize,
 ) -> Result<lt_sys::cublasLtMatrixLayout_t> {
-    let l = cudarc::cublaslt::result::create_matrix_layout(
-        lt_type(d),
-        rows as u64,
-        cols as u64,
-        ld as i64,
-    )
-    .map_err(cuda_err("cublasLtMatrixLayoutCreate"))?;
+    let l = cudarc::cublaslt::result::create_matrix_layout(lt_type(d), rows as u64, cols as u64, ld as i64)
+        .map_err(cuda_err("cublasLtMatrixLayoutCreate"))?;
     let count = batch as i32;
     let stride = stride as i64;
     // SAFETY: attribute buffers match the attribute types (int32 count, int64 stride).
@@ -359,8 +317,7 @@ pub fn lt_matmul(
     let blas = dev.blas()?;
     let mut guard = blas.handles.lock().expect("blas lock poisoned");
     let h = &mut *guard;
-    let lt =
-        h.lt.ok_or_else(|| Error::Cuda("libcublasLt.so.13 not found: see LD_LIBRARY_PATH".into()))?;
+    let lt = h.lt.ok_or_else(|| Error::Cuda("libcublasLt.so.13 not found: see LD_LIBRARY_PATH".into()))?;
     dev.bind()?;
     let _range = super::nvtx::range("lt_matmul");
 
@@ -371,11 +328,7 @@ pub fn lt_matmul(
         lt_sys::cudaDataType::CUDA_R_32F,
     )
     .map_err(cuda_err("cublasLtMatmulDescCreate"))?;
-    let mut descs = LtDescs {
-        op: op_desc,
-        layouts: Vec::new(),
-        pref: None,
-    };
+    let mut descs = LtDescs { op: op_desc, layouts: Vec::new(), pref: None };
     let (ta, tb) = (s.trans_b as i32, s.trans_a as i32); // CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
     let epilogue = if bias.is_some() {
         lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
@@ -390,16 +343,8 @@ pub fn lt_matmul(
             cudarc::cublaslt::result::set_matmul_desc_attribute(descs.op, attr, p, n)
                 .map_err(cuda_err("cublasLtMatmulDescSetAttribute"))
         };
-        set(
-            A::CUBLASLT_MATMUL_DESC_TRANSA,
-            (&ta as *const i32).cast(),
-            4,
-        )?;
-        set(
-            A::CUBLASLT_MATMUL_DESC_TRANSB,
-            (&tb as *const i32).cast(),
-            4,
-        )?;
+        set(A::CUBLASLT_MATMUL_DESC_TRANSA, (&ta as *const i32).cast(), 4)?;
+        set(A::CUBLASLT_MATMUL_DESC_TRANSB, (&tb as *const i32).cast(), 4)?;
         set(
             A::CUBLASLT_MATMUL_DESC_EPILOGUE,
             (&epilogue as *const lt_sys::cublasLtEpilogue_t).cast(),
@@ -433,8 +378,8 @@ pub fn lt_matmul(
     let algo = match h.algos.get(&key) {
         Some(a) => *a,
         None => {
-            let pref = cudarc::cublaslt::result::create_matmul_pref()
-                .map_err(cuda_err("cublasLtMatmulPreferenceCreate"))?;
+            let pref =
+                cudarc::cublaslt::result::create_matmul_pref().map_err(cuda_err("cublasLtMatmulPreferenceCreate"))?;
             descs.pref = Some(pref);
             let ws = WORKSPACE_BYTES as u64;
             // SAFETY: a u64 buffer for the workspace-size attribute; all descriptors are live.
@@ -446,10 +391,8 @@ pub fn lt_matmul(
                     8,
                 )
                 .map_err(cuda_err("preference workspace"))?;
-                cudarc::cublaslt::result::get_matmul_algo_heuristic(
-                    lt, descs.op, lb, la, lc, lc, pref,
-                )
-                .map_err(cuda_err("cublasLtMatmulAlgoGetHeuristic"))?
+                cudarc::cublaslt::result::get_matmul_algo_heuristic(lt, descs.op, lb, la, lc, lc, pref)
+                    .map_err(cuda_err("cublasLtMatmulAlgoGetHeuristic"))?
             };
             h.algos.insert(key, found.algo);
             found.algo

@@ -39,18 +39,14 @@ pub enum Loss {
 impl Loss {
     fn names(self, dtype: DType) -> Result<(&'static str, &'static str)> {
         Ok(match self {
-            Loss::Mse => (
-                kernel_name!("mse", dtype, "mse_fwd"),
-                kernel_name!("mse", dtype, "mse_bwd"),
-            ),
+            Loss::Mse => (kernel_name!("mse", dtype, "mse_fwd"), kernel_name!("mse", dtype, "mse_bwd")),
             Loss::PseudoHuber { .. } => (
                 kernel_name!("pseudo_huber", dtype, "pseudo_huber_fwd"),
                 kernel_name!("pseudo_huber", dtype, "pseudo_huber_bwd"),
             ),
-            Loss::Hinge { .. } => (
-                kernel_name!("hinge", dtype, "hinge_fwd"),
-                kernel_name!("hinge", dtype, "hinge_bwd"),
-            ),
+            Loss::Hinge { .. } => {
+                (kernel_name!("hinge", dtype, "hinge_fwd"), kernel_name!("hinge", dtype, "hinge_bwd"))
+            }
         })
     }
     fn c(self) -> f32 {
@@ -82,17 +78,10 @@ fn target_ptr(
         (_, None) => Err(Error::op(op, "this loss needs a target")),
         (_, Some((t, tv))) => {
             if (tv.rows, tv.cols) != (pv.rows, pv.cols) {
-                return Err(Error::ShapeMismatch {
-                    op,
-                    lhs: vec![pv.rows, pv.cols],
-                    rhs: vec![tv.rows, tv.cols],
-                });
+                return Err(Error::ShapeMismatch { op, lhs: vec![pv.rows, pv.cols], rhs: vec![tv.rows, tv.cols] });
             }
             if t.dtype() != pred.dtype() {
-                return Err(Error::op(
-                    op,
-                    format!("target is {}, prediction {}", t.dtype(), pred.dtype()),
-                ));
+                return Err(Error::op(op, format!("target is {}, prediction {}", t.dtype(), pred.dtype())));
             }
             tv.check(op, "target", t)?;
             Ok((t.in_ptr(tv.offset), tv.row_stride))
@@ -178,13 +167,5 @@ pub fn loss_bwd(
     };
     // SAFETY: pred / target span-checked as in the forward; dloss holds rows f32; dpred and dtarget
     // (when given) hold rows * cols elements of pred's dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }

@@ -31,11 +31,7 @@ macro_rules! kernel_name {
             $crate::tensor::DType::F32 => concat!($base, "_f32"),
             $crate::tensor::DType::BF16 => concat!($base, "_bf16"),
             other => {
-                return Err($crate::error::Error::DType {
-                    op: $op,
-                    got: other,
-                    expected: "f32 or bf16",
-                });
+                return Err($crate::error::Error::DType { op: $op, got: other, expected: "f32 or bf16" });
             }
         }
     };

@@ -103,15 +103,7 @@ fn colsum(
     };
     // SAFETY: partial holds groups * chunks * dim f32 (its callers allocate exactly that) and the
     // gradient view was span-checked for [groups, dim].
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(groups * dim, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(groups * dim, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }
 
 // ---- layer_norm / rms_norm ------------------------------------------------------------------
@@ -173,19 +165,7 @@ pub fn layer_norm_fwd(
     rstd: &mut CudaStorage,
 ) -> Result<()> {
     let name = kernel_name!("layer_norm_fwd", x.dtype(), "layernorm_fwd");
-    norm_fwd(
-        dev,
-        "layer_norm_fwd",
-        name,
-        x,
-        view,
-        weight,
-        bias,
-        eps,
-        y,
-        Some(mean),
-        rstd,
-    )
+    norm_fwd(dev, "layer_norm_fwd", name, x, view, weight, bias, eps, y, Some(mean), rstd)
 }
 
 /// rms_norm over the last axis: y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps).
@@ -200,19 +180,7 @@ pub fn rms_norm_fwd(
     rstd: &mut CudaStorage,
 ) -> Result<()> {
     let name = kernel_name!("rms_norm_fwd", x.dtype(), "rmsnorm_fwd");
-    norm_fwd(
-        dev,
-        "rms_norm_fwd",
-        name,
-        x,
-        view,
-        weight,
-        None,
-        eps,
-        y,
-        None,
-        rstd,
-    )
+    norm_fwd(dev, "rms_norm_fwd", name, x, view, weight, None, eps, y, None, rstd)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -240,14 +208,8 @@ fn norm_bwd(
         stats(op, "mean", m, rows)?;
     }
     let blocks = rows.div_ceil(BWD_ROWS);
-    let mut pw = dweight
-        .as_ref()
-        .map(|_| DeviceVec::<f32>::alloc(dev, blocks * dim))
-        .transpose()?;
-    let mut pb = dbias
-        .as_ref()
-        .map(|_| DeviceVec::<f32>::alloc(dev, blocks * dim))
-        .transpose()?;
+    let mut pw = dweight.as_ref().map(|_| DeviceVec::<f32>::alloc(dev, blocks * dim)).transpose()?;
+    let mut pb = dbias.as_ref().map(|_| DeviceVec::<f32>::alloc(dev, blocks * dim)).transpose()?;
     let nparams = pw.is_some() as u32 + pb.is_some() as u32;
     let p = sf_norm_bwd_params {
         x: x.in_ptr(view.offset),
@@ -267,10 +229,7 @@ fn norm_bwd(
     // (the grid has `blocks` blocks); the shared memory holds nparams * dim floats, as the kernel
     // expects.
     unsafe { dev.launch(name, (blocks as u32, 1, 1), THREADS, smem, &p) }?;
-    let whole = PerBatch {
-        offset: 0,
-        batch_stride: dim,
-    };
+    let whole = PerBatch { offset: 0, batch_stride: dim };
     if let (Some(g), Some(v)) = (dweight, pw.as_ref()) {
         colsum(dev, v, 1, blocks, dim, g.out, whole, g.accumulate)?;
     }
@@ -295,20 +254,7 @@ pub fn layer_norm_bwd(
     dbias: Option<ParamGrad>,
 ) -> Result<()> {
     let name = kernel_name!("layer_norm_bwd", x.dtype(), "layernorm_bwd");
-    norm_bwd(
-        dev,
-        "layer_norm_bwd",
-        name,
-        x,
-        view,
-        weight,
-        dy,
-        Some(mean),
-        rstd,
-        dx,
-        dweight,
-        dbias,
-    )
+    norm_bwd(dev, "layer_norm_bwd", name, x, view, weight, dy, Some(mean), rstd, dx, dweight, dbias)
 }
 
 /// rms_norm backward: dx [rows, dim] and, when asked, dweight [dim].
@@ -324,20 +270,7 @@ pub fn rms_norm_bwd(
     dweight: Option<ParamGrad>,
 ) -> Result<()> {
     let name = kernel_name!("rms_norm_bwd", x.dtype(), "rmsnorm_bwd");
-    norm_bwd(
-        dev,
-        "rms_norm_bwd",
-        name,
-        x,
-        view,
-        weight,
-        dy,
-        None,
-        rstd,
-        dx,
-        dweight,
-        None,
-    )
+    norm_bwd(dev, "rms_norm_bwd", name, x, view, weight, dy, None, rstd, dx, dweight, None)
 }
 
 // ---- layer_norm + adaLN modulate --------------------------------------------------------------
@@ -441,35 +374,9 @@ pub fn layer_norm_modulate_bwd(
     };
     // SAFETY: x, scale span-checked; dy / dx hold B * N * D; stats B * N f32; both partials
     // B * chunks * D f32 for the (chunks, B) grid; shared memory holds 2 * D floats.
-    unsafe {
-        dev.launch(
-            name,
-            (chunks as u32, batch as u32, 1),
-            THREADS,
-            2 * dim as u32 * 4,
-            &p,
-        )
-    }?;
-    colsum(
-        dev,
-        &p_shift,
-        batch,
-        chunks,
-        dim,
-        dshift.out,
-        dshift.view,
-        dshift.accumulate,
-    )?;
-    colsum(
-        dev,
-        &p_scale,
-        batch,
-        chunks,
-        dim,
-        dscale.out,
-        dscale.view,
-        dscale.accumulate,
-    )
+    unsafe { dev.launch(name, (chunks as u32, batch as u32, 1), THREADS, 2 * dim as u32 * 4, &p) }?;
+    colsum(dev, &p_shift, batch, chunks, dim, dshift.out, dshift.view, dshift.accumulate)?;
+    colsum(dev, &p_scale, batch, chunks, dim, dscale.out, dscale.view, dscale.accumulate)
 }
 
 // ---- group_norm -------------------------------------------------------------------------------
@@ -486,13 +393,7 @@ pub struct GroupNormShape {
 impl GroupNormShape {
     fn check(&self, op: &'static str) -> Result<()> {
         if self.groups == 0 || self.channels % self.groups != 0 {
-            return Err(Error::op(
-                op,
-                format!(
-                    "{} channels do not split into {} groups",
-                    self.channels, self.groups
-                ),
-            ));
+            return Err(Error::op(op, format!("{} channels do not split into {} groups", self.channels, self.groups)));
         }
         Ok(())
     }
@@ -537,15 +438,7 @@ pub fn group_norm_fwd(
     };
     // SAFETY: x and y hold B * C * S elements, mean / rstd B * G f32, weight / bias C elements;
     // channels split evenly into groups (shape.check).
-    unsafe {
-        dev.launch(
-            name,
-            (shape.groups as u32, shape.batch as u32, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (shape.groups as u32, shape.batch as u32, 1), THREADS, 0, &p) }
 }
 
 /// group_norm backward: dx and, when asked, dweight / dbias [C].
@@ -572,14 +465,8 @@ pub fn group_norm_bwd(
     stats(OP, "mean", mean, shape.batch * shape.groups)?;
     stats(OP, "rstd", rstd, shape.batch * shape.groups)?;
     let (b, c) = (shape.batch, shape.channels);
-    let mut pw = dweight
-        .as_ref()
-        .map(|_| DeviceVec::<f32>::alloc(dev, b * c))
-        .transpose()?;
-    let mut pb = dbias
-        .as_ref()
-        .map(|_| DeviceVec::<f32>::alloc(dev, b * c))
-        .transpose()?;
+    let mut pw = dweight.as_ref().map(|_| DeviceVec::<f32>::alloc(dev, b * c)).transpose()?;
+    let mut pb = dbias.as_ref().map(|_| DeviceVec::<f32>::alloc(dev, b * c)).transpose()?;
     let name = kernel_name!(OP, dt, "groupnorm_bwd");
     let p = sf_groupnorm_bwd_params {
         x: x.in_ptr(0),
@@ -597,10 +484,7 @@ pub fn group_norm_bwd(
     };
     // SAFETY: x, dy, dx hold B * C * S elements; stats B * G f32; partials (when asked) B * C f32.
     unsafe { dev.launch(name, (shape.groups as u32, b as u32, 1), THREADS, 0, &p) }?;
-    let whole = PerBatch {
-        offset: 0,
-        batch_stride: c,
-    };
+    let whole = PerBatch { offset: 0, batch_stride: c };
     if let (Some(g), Some(v)) = (dweight, pw.as_ref()) {
         colsum(dev, v, 1, b, c, g.out, whole, g.accumulate)?;
     }
@@ -637,14 +521,7 @@ pub fn gated_residual_fwd(
     yv.check(OP, "y", y)?;
     gate_v.check(OP, "gate", gate, xv.batch, xv.dim)?;
     if y.dtype() != dt || gate.dtype() != dt {
-        return Err(Error::op(
-            OP,
-            format!(
-                "dtypes differ: x {dt}, y {}, gate {}",
-                y.dtype(),
-                gate.dtype()
-            ),
-        ));
+        return Err(Error::op(OP, format!("dtypes differ: x {dt}, y {}, gate {}", y.dtype(), gate.dtype())));
     }
     let n = xv.batch * xv.tokens * xv.dim;
     out.check(OP, "out", dt, 0, n)?;
@@ -664,15 +541,7 @@ pub fn gated_residual_fwd(
         dim: dim_i32(OP, xv.dim)?,
     };
     // SAFETY: x and y span-checked as [B, N, D], gate as [B, D], out holds B * N * D, one dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }
 
 /// Backward of [`gated_residual_fwd`]: dx is dout itself (no kernel), dy = dout * gate,
@@ -714,14 +583,5 @@ pub fn gated_residual_bwd(
     // SAFETY: y span-checked as [B, N, D], gate as [B, D]; dout / dy hold B * N * D; the partial
     // holds B * chunks * D f32 for the (chunks, B) grid.
     unsafe { dev.launch(name, (chunks as u32, batch as u32, 1), THREADS, 0, &p) }?;
-    colsum(
-        dev,
-        &partial,
-        batch,
-        chunks,
-        dim,
-        dgate.out,
-        dgate.view,
-        dgate.accumulate,
-    )
+    colsum(dev, &partial, batch, chunks, dim, dgate.out, dgate.view, dgate.accumulate)
 }

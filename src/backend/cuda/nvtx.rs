@@ -18,26 +18,16 @@ struct Nvtx {
 fn nvtx() -> Option<&'static Nvtx> {
     static LIB: OnceLock<Option<Nvtx>> = OnceLock::new();
     LIB.get_or_init(|| {
-        ["libnvToolsExt.so.1", "libnvToolsExt.so"]
-            .iter()
-            .find_map(|name| {
-                // SAFETY: loading the NVTX library runs no initialisation with preconditions;
-                // the two symbols have the C signatures of nvToolsExt.h.
-                unsafe {
-                    let lib = libloading::Library::new(*name).ok()?;
-                    let push = *lib
-                        .get::<unsafe extern "C" fn(*const c_char) -> c_int>(b"nvtxRangePushA\0")
-                        .ok()?;
-                    let pop = *lib
-                        .get::<unsafe extern "C" fn() -> c_int>(b"nvtxRangePop\0")
-                        .ok()?;
-                    Some(Nvtx {
-                        push,
-                        pop,
-                        _lib: lib,
-                    })
-                }
-            })
+        ["libnvToolsExt.so.1", "libnvToolsExt.so"].iter().find_map(|name| {
+            // SAFETY: loading the NVTX library runs no initialisation with preconditions;
+            // the two symbols have the C signatures of nvToolsExt.h.
+            unsafe {
+                let lib = libloading::Library::new(*name).ok()?;
+                let push = *lib.get::<unsafe extern "C" fn(*const c_char) -> c_int>(b"nvtxRangePushA\0").ok()?;
+                let pop = *lib.get::<unsafe extern "C" fn() -> c_int>(b"nvtxRangePop\0").ok()?;
+                Some(Nvtx { push, pop, _lib: lib })
+            }
+        })
     })
     .as_ref()
 }

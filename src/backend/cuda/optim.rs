@@ -35,8 +35,7 @@ fn chunk_starts(lens: impl Iterator<Item = usize>) -> Vec<i64> {
 }
 
 fn grid(op: &'static str, total_chunks: i64) -> Result<u32> {
-    u32::try_from(total_chunks)
-        .map_err(|_| Error::op(op, format!("{total_chunks} chunks exceed one launch")))
+    u32::try_from(total_chunks).map_err(|_| Error::op(op, format!("{total_chunks} chunks exceed one launch")))
 }
 
 /// One parameter of an AdamW step.
@@ -83,23 +82,15 @@ pub fn adamw_step(
         (None, DType::F32) => "adamw_step_f32",
         (Some(DType::BF16), DType::BF16) => "adamw_step_bf16",
         (Some(DType::BF16), DType::F32) => "adamw_step_bf16_f32grad",
-        (p, g) => {
-            return Err(Error::op(
-                OP,
-                format!("no AdamW kernel for param {p:?} with grad {g}"),
-            ))
-        }
+        (p, g) => return Err(Error::op(OP, format!("no AdamW kernel for param {p:?} with grad {g}"))),
     };
     let mut table = Vec::with_capacity(tensors.len());
     for (i, t) in tensors.iter_mut().enumerate() {
         let n = t.master.len();
         let what = format!("tensor {i}");
-        t.master
-            .check(OP, &format!("{what} master"), DType::F32, 0, n)?;
-        t.exp_avg
-            .check(OP, &format!("{what} exp_avg"), DType::F32, 0, n)?;
-        t.exp_avg_sq
-            .check(OP, &format!("{what} exp_avg_sq"), DType::F32, 0, n)?;
+        t.master.check(OP, &format!("{what} master"), DType::F32, 0, n)?;
+        t.exp_avg.check(OP, &format!("{what} exp_avg"), DType::F32, 0, n)?;
+        t.exp_avg_sq.check(OP, &format!("{what} exp_avg_sq"), DType::F32, 0, n)?;
         t.grad.check(OP, &format!("{what} grad"), gdt, 0, n)?;
         let param = match t.param.as_deref_mut() {
             Some(p) if Some(p.dtype()) == pdt => {
@@ -107,12 +98,7 @@ pub fn adamw_step(
                 p.out_ptr(0)
             }
             None if pdt.is_none() => std::ptr::null_mut(),
-            _ => {
-                return Err(Error::op(
-                    OP,
-                    format!("{what}: every tensor needs the same kind of model copy"),
-                ))
-            }
+            _ => return Err(Error::op(OP, format!("{what}: every tensor needs the same kind of model copy"))),
         };
         table.push(sf_adamw_tensor {
             master: t.master.out_ptr(0) as *mut f32,
@@ -168,51 +154,24 @@ pub fn grad_norm_clip(
     scale.check(OP, "scale", DType::F32, 0, 1)?;
     let groups: Vec<(DType, Vec<&CudaStorage>)> = [DType::F32, DType::BF16]
         .into_iter()
-        .map(|dt| {
-            (
-                dt,
-                grads
-                    .iter()
-                    .copied()
-                    .filter(|g| g.dtype() == dt)
-                    .collect::<Vec<_>>(),
-            )
-        })
+        .map(|dt| (dt, grads.iter().copied().filter(|g| g.dtype() == dt).collect::<Vec<_>>()))
         .filter(|(_, v)| !v.is_empty())
         .collect();
-    if let Some(g) = grads
-        .iter()
-        .find(|g| !matches!(g.dtype(), DType::F32 | DType::BF16))
-    {
-        return Err(Error::DType {
-            op: OP,
-            got: g.dtype(),
-            expected: "f32 or bf16",
-        });
+    if let Some(g) = grads.iter().find(|g| !matches!(g.dtype(), DType::F32 | DType::BF16)) {
+        return Err(Error::DType { op: OP, got: g.dtype(), expected: "f32 or bf16" });
     }
-    let totals: Vec<i64> = groups
-        .iter()
-        .map(|(_, v)| *chunk_starts(v.iter().map(|g| g.len())).last().unwrap_or(&0))
-        .collect();
+    let totals: Vec<i64> =
+        groups.iter().map(|(_, v)| *chunk_starts(v.iter().map(|g| g.len())).last().unwrap_or(&0)).collect();
     let count: i64 = totals.iter().sum();
     let mut partial = DeviceVec::<f32>::alloc(dev, count.max(1) as usize)?;
     let mut at = 0i64;
     for ((dt, v), total) in groups.iter().zip(&totals) {
-        let table: Vec<sf_tensor_ref> = v
-            .iter()
-            .map(|g| sf_tensor_ref {
-                data: g.in_ptr(0),
-                n: g.len() as i64,
-            })
-            .collect();
+        let table: Vec<sf_tensor_ref> =
+            v.iter().map(|g| sf_tensor_ref { data: g.in_ptr(0), n: g.len() as i64 }).collect();
         let starts = chunk_starts(v.iter().map(|g| g.len()));
         let table = DeviceVec::from_slice(dev, &table)?;
         let starts = DeviceVec::from_slice(dev, &starts)?;
-        let name = if *dt == DType::F32 {
-            "grad_sumsq_f32"
-        } else {
-            "grad_sumsq_bf16"
-        };
+        let name = if *dt == DType::F32 { "grad_sumsq_f32" } else { "grad_sumsq_bf16" };
         // Each group writes its own slice of the partial buffer.
         let p = sf_grad_sumsq_params {
             tensors: table.in_ptr(),
@@ -258,33 +217,20 @@ pub fn ida_blend(dev: &CudaDevice, pairs: &mut [BlendPair], lambda: f32) -> Resu
         None => "ida_blend_f32",
         Some(DType::BF16) => "ida_blend_bf16",
         Some(DType::F32) => "ida_blend_f32",
-        Some(d) => {
-            return Err(Error::DType {
-                op: OP,
-                got: d,
-                expected: "f32 or bf16",
-            })
-        }
+        Some(d) => return Err(Error::DType { op: OP, got: d, expected: "f32 or bf16" }),
     };
     let mut table = Vec::with_capacity(pairs.len());
     for (i, t) in pairs.iter_mut().enumerate() {
         let n = t.dst_master.len();
-        t.dst_master
-            .check(OP, &format!("pair {i} dst_master"), DType::F32, 0, n)?;
-        t.src
-            .check(OP, &format!("pair {i} src"), DType::F32, 0, n)?;
+        t.dst_master.check(OP, &format!("pair {i} dst_master"), DType::F32, 0, n)?;
+        t.src.check(OP, &format!("pair {i} src"), DType::F32, 0, n)?;
         let param = match t.dst_param.as_deref_mut() {
             Some(p) if Some(p.dtype()) == pdt => {
                 p.check(OP, &format!("pair {i} dst_param"), p.dtype(), 0, n)?;
                 p.out_ptr(0)
             }
             None if pdt.is_none() => std::ptr::null_mut(),
-            _ => {
-                return Err(Error::op(
-                    OP,
-                    format!("pair {i}: every pair needs the same kind of model copy"),
-                ))
-            }
+            _ => return Err(Error::op(OP, format!("pair {i}: every pair needs the same kind of model copy"))),
         };
         table.push(sf_blend_tensor {
             dst_master: t.dst_master.out_ptr(0) as *mut f32,

@@ -5,13 +5,7 @@
 //! cudarc's `DeviceRepr` (plain `#[repr(C)]` data; the device pointers inside are `u64`-sized
 //! raw pointers the launchers fill in after checking bounds).
 
-#![allow(
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    dead_code,
-    clippy::all
-)]
+#![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/params.rs"));
 

@@ -9,12 +9,7 @@ use crate::error::{Error, Result};
 
 pub use super::params::sf_reduce_op as ReduceOp;
 
-pub(crate) const KERNELS: &[&str] = &[
-    "reduce_fwd_f32",
-    "reduce_fwd_bf16",
-    "reduce_bwd_f32",
-    "reduce_bwd_bf16",
-];
+pub(crate) const KERNELS: &[&str] = &["reduce_fwd_f32", "reduce_fwd_bf16", "reduce_bwd_f32", "reduce_bwd_bf16"];
 
 const THREADS: u32 = SF_BLOCK_THREADS;
 const ROWS_PER_BLOCK: usize = (SF_BLOCK_THREADS / 32) as usize;
@@ -31,10 +26,7 @@ pub fn reduce_fwd(
     view.check("reduce_fwd", "x", x)?;
     out.check("reduce_fwd", "out", x.dtype(), 0, view.rows)?;
     if view.cols > i32::MAX as usize {
-        return Err(Error::op(
-            "reduce_fwd",
-            format!("{} columns exceed the i32 argmax range", view.cols),
-        ));
+        return Err(Error::op("reduce_fwd", format!("{} columns exceed the i32 argmax range", view.cols)));
     }
     let argmax_ptr = match argmax {
         Some(a) if op == ReduceOp::SF_REDUCE_MAX => {
@@ -61,15 +53,7 @@ pub fn reduce_fwd(
     };
     // SAFETY: x was span-checked as a [rows, cols] view, out holds rows elements of its dtype and
     // argmax (max only) at least rows entries.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1), THREADS, 0, &p) }
 }
 
 /// dx [rows, cols] (contiguous) from dout [rows]: broadcast (sum), / cols (mean), or routed
@@ -88,10 +72,7 @@ pub fn reduce_bwd(
     let argmax_ptr = match (op, argmax) {
         (ReduceOp::SF_REDUCE_MAX, Some(a)) if a.len() >= rows => a.in_ptr(),
         (ReduceOp::SF_REDUCE_MAX, _) => {
-            return Err(Error::op(
-                "reduce_bwd",
-                format!("max needs an argmax of {rows} entries"),
-            ))
+            return Err(Error::op("reduce_bwd", format!("max needs an argmax of {rows} entries")))
         }
         _ => std::ptr::null(),
     };
@@ -105,13 +86,5 @@ pub fn reduce_bwd(
         op: op as i32,
     };
     // SAFETY: dout holds rows and dx rows * cols elements of one dtype; argmax (max) at least rows.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(rows * cols, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(rows * cols, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }

@@ -31,57 +31,20 @@ pub enum Distribution {
 }
 
 /// Fills all of `out` from `rng`'s current position and advances it by ceil(len / 4).
-pub fn fill(
-    dev: &CudaDevice,
-    rng: &mut Philox,
-    dist: Distribution,
-    out: &mut CudaStorage,
-) -> Result<()> {
+pub fn fill(dev: &CudaDevice, rng: &mut Philox, dist: Distribution, out: &mut CudaStorage) -> Result<()> {
     const OP: &str = "rng_fill";
     let n = out.len();
     let (name, lo, hi, mean, std_dev) = match dist {
-        Distribution::Uniform { lo, hi } => (
-            kernel_name!(OP, out.dtype(), "rng_uniform"),
-            lo,
-            hi,
-            0.0,
-            0.0,
-        ),
-        Distribution::Normal => (
-            kernel_name!(OP, out.dtype(), "rng_normal"),
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-        ),
-        Distribution::LogitNormal { mean, std } => (
-            kernel_name!(OP, out.dtype(), "rng_logit_normal"),
-            0.0,
-            0.0,
-            mean,
-            std,
-        ),
+        Distribution::Uniform { lo, hi } => (kernel_name!(OP, out.dtype(), "rng_uniform"), lo, hi, 0.0, 0.0),
+        Distribution::Normal => (kernel_name!(OP, out.dtype(), "rng_normal"), 0.0, 0.0, 0.0, 0.0),
+        Distribution::LogitNormal { mean, std } => {
+            (kernel_name!(OP, out.dtype(), "rng_logit_normal"), 0.0, 0.0, mean, std)
+        }
     };
-    let p = sf_rng_params {
-        out: out.out_ptr(0),
-        n: n as i64,
-        seed: rng.seed,
-        offset: rng.offset,
-        lo,
-        hi,
-        mean,
-        std_dev,
-    };
+    let p =
+        sf_rng_params { out: out.out_ptr(0), n: n as i64, seed: rng.seed, offset: rng.offset, lo, hi, mean, std_dev };
     // SAFETY: the kernel writes elements [0, n) of `out`, which holds n elements of its dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n.div_ceil(4), THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }?;
+    unsafe { dev.launch(name, (dev.grid_for(n.div_ceil(4), THREADS as usize), 1, 1), THREADS, 0, &p) }?;
     rng.offset = rng.offset.wrapping_add(n.div_ceil(4) as u64);
     Ok(())
 }

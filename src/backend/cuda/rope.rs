@@ -7,12 +7,7 @@ use super::views::Heads;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-pub(crate) const KERNELS: &[&str] = &[
-    "rope_fwd_f32",
-    "rope_fwd_bf16",
-    "rope_bwd_f32",
-    "rope_bwd_bf16",
-];
+pub(crate) const KERNELS: &[&str] = &["rope_fwd_f32", "rope_fwd_bf16", "rope_bwd_f32", "rope_bwd_bf16"];
 
 const THREADS: u32 = SF_BLOCK_THREADS;
 
@@ -49,34 +44,16 @@ pub fn rope(
         return Err(Error::op(OP, format!("head dim {} is odd", shape.dim)));
     }
     let half = shape.dim / 2;
-    xv.check(
-        OP,
-        "x",
-        x,
-        [shape.batch, shape.heads, shape.tokens, shape.dim],
-    )?;
+    xv.check(OP, "x", x, [shape.batch, shape.heads, shape.tokens, shape.dim])?;
     for (t, what) in [(tables.cos, "cos"), (tables.sin, "sin")] {
         if t.dtype() != DType::F32 {
-            return Err(Error::op(
-                OP,
-                format!("{what} table is {}, expected f32", t.dtype()),
-            ));
+            return Err(Error::op(OP, format!("{what} table is {}, expected f32", t.dtype())));
         }
-        t.check_span(
-            OP,
-            what,
-            0,
-            &[shape.batch, shape.tokens, half],
-            &[tables.batch_stride, half, 1],
-        )?;
+        t.check_span(OP, what, 0, &[shape.batch, shape.tokens, half], &[tables.batch_stride, half, 1])?;
     }
     let n = shape.batch * shape.heads * shape.tokens * shape.dim;
     out.check(OP, "out", x.dtype(), 0, n)?;
-    let name = if inverse {
-        kernel_name!(OP, x.dtype(), "rope_bwd")
-    } else {
-        kernel_name!(OP, x.dtype(), "rope_fwd")
-    };
+    let name = if inverse { kernel_name!(OP, x.dtype(), "rope_bwd") } else { kernel_name!(OP, x.dtype(), "rope_fwd") };
     let p = sf_rope_params {
         x: x.in_ptr(xv.offset),
         cos: tables.cos.in_ptr(0) as *const f32,
@@ -93,13 +70,5 @@ pub fn rope(
     };
     // SAFETY: x was span-checked through its [B, H, N, D] strides, cos / sin as f32 [B, N, D / 2]
     // tables, out holds B * H * N * D elements of x's dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n / 2, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n / 2, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }

@@ -6,23 +6,13 @@ use super::storage::CudaStorage;
 use super::views::Rows;
 use crate::error::Result;
 
-pub(crate) const KERNELS: &[&str] = &[
-    "softmax_fwd_f32",
-    "softmax_fwd_bf16",
-    "softmax_bwd_f32",
-    "softmax_bwd_bf16",
-];
+pub(crate) const KERNELS: &[&str] = &["softmax_fwd_f32", "softmax_fwd_bf16", "softmax_bwd_f32", "softmax_bwd_bf16"];
 
 const THREADS: u32 = SF_BLOCK_THREADS;
 const ROWS_PER_BLOCK: usize = (SF_BLOCK_THREADS / 32) as usize;
 
 /// y = softmax(x) row by row; y is contiguous [rows, cols].
-pub fn softmax_fwd(
-    dev: &CudaDevice,
-    x: &CudaStorage,
-    view: Rows,
-    y: &mut CudaStorage,
-) -> Result<()> {
+pub fn softmax_fwd(dev: &CudaDevice, x: &CudaStorage, view: Rows, y: &mut CudaStorage) -> Result<()> {
     view.check("softmax_fwd", "x", x)?;
     y.check("softmax_fwd", "y", x.dtype(), 0, view.rows * view.cols)?;
     let name = kernel_name!("softmax_fwd", x.dtype(), "softmax_fwd");
@@ -35,15 +25,7 @@ pub fn softmax_fwd(
     };
     // SAFETY: x was span-checked as a [rows, cols] view and y holds rows * cols elements of its
     // dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(view.rows, ROWS_PER_BLOCK), 1, 1), THREADS, 0, &p) }
 }
 
 /// dx = y * (dy - sum(dy * y)); all contiguous [rows, cols].
@@ -68,13 +50,5 @@ pub fn softmax_bwd(
         cols: cols as i64,
     };
     // SAFETY: y, dy and dx hold rows * cols elements of one dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(rows, ROWS_PER_BLOCK), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(rows, ROWS_PER_BLOCK), 1, 1), THREADS, 0, &p) }
 }

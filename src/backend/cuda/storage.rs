@@ -43,11 +43,7 @@ pub struct CudaStorage {
 
 impl std::fmt::Debug for CudaStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "CudaStorage({}, {}, cuda:{})",
-            self.dtype, self.len, self.ordinal
-        )
+        write!(f, "CudaStorage({}, {}, cuda:{})", self.dtype, self.len, self.ordinal)
     }
 }
 
@@ -56,11 +52,7 @@ impl CudaStorage {
     pub fn alloc(dev: &CudaDevice, dtype: DType, len: usize) -> Result<Self> {
         let (ptr, class) = dev.allocator().alloc(len * dtype.size_in_bytes())?;
         Ok(Self {
-            buf: DeviceBuffer {
-                ptr,
-                class,
-                alloc: dev.allocator().clone(),
-            },
+            buf: DeviceBuffer { ptr, class, alloc: dev.allocator().clone() },
             dtype,
             len,
             ordinal: dev.ordinal(),
@@ -74,8 +66,7 @@ impl CudaStorage {
             dev.bind()?;
             // SAFETY: the block holds at least len * size bytes; the memset is queued on the
             // stream that orders every use of the block.
-            unsafe { result::memset_d8_async(s.buf.ptr, 0, s.bytes(), dev.cu_stream()) }
-                .map_err(cuda_err("memset"))?;
+            unsafe { result::memset_d8_async(s.buf.ptr, 0, s.bytes(), dev.cu_stream()) }.map_err(cuda_err("memset"))?;
         }
         Ok(s)
     }
@@ -114,10 +105,7 @@ impl CudaStorage {
     /// Host -> device copy of little-endian element bytes.
     pub fn from_bytes(dev: &CudaDevice, dtype: DType, bytes: &[u8]) -> Result<Self> {
         if bytes.len() % dtype.size_in_bytes() != 0 {
-            return Err(Error::op(
-                "to_device",
-                format!("{} bytes are not whole {dtype} elements", bytes.len()),
-            ));
+            return Err(Error::op("to_device", format!("{} bytes are not whole {dtype} elements", bytes.len())));
         }
         let s = Self::alloc(dev, dtype, bytes.len() / dtype.size_in_bytes())?;
         if !bytes.is_empty() {
@@ -134,14 +122,8 @@ impl CudaStorage {
     pub fn from_f32(dev: &CudaDevice, values: &[f32], dtype: DType) -> Result<Self> {
         let bytes: Vec<u8> = match dtype {
             DType::F32 => bytemuck::cast_slice(values).to_vec(),
-            DType::BF16 => values
-                .iter()
-                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                .collect(),
-            DType::F16 => values
-                .iter()
-                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                .collect(),
+            DType::BF16 => values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+            DType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
         };
         Self::from_bytes(dev, dtype, &bytes)
     }
@@ -162,29 +144,17 @@ impl CudaStorage {
 
     /// Host copy of all elements as f32.
     pub fn to_vec_f32(&self, dev: &CudaDevice) -> Result<Vec<f32>> {
-        Ok(self
-            .to_cpu_storage(dev)?
-            .gather_f32(&Layout::contiguous(&[self.len])))
+        Ok(self.to_cpu_storage(dev)?.gather_f32(&Layout::contiguous(&[self.len])))
     }
 
     fn to_cpu_storage(&self, dev: &CudaDevice) -> Result<CpuStorage> {
         let b = self.to_bytes(dev)?;
         Ok(match self.dtype {
-            DType::F32 => CpuStorage::F32(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            DType::BF16 => CpuStorage::BF16(
-                b.chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            DType::F16 => CpuStorage::F16(
-                b.chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
+            DType::F32 => {
+                CpuStorage::F32(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
+            DType::BF16 => CpuStorage::BF16(b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+            DType::F16 => CpuStorage::F16(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
         })
     }
 
@@ -201,12 +171,7 @@ impl CudaStorage {
         if shape.contains(&0) {
             return Ok(());
         }
-        let last = offset
-            + shape
-                .iter()
-                .zip(strides)
-                .map(|(&d, &s)| (d - 1) * s)
-                .sum::<usize>();
+        let last = offset + shape.iter().zip(strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>();
         if last >= self.len {
             return Err(Error::op(
                 op,
@@ -221,28 +186,14 @@ impl CudaStorage {
     }
 
     /// Checks dtype and that `n` contiguous elements from `offset` fit.
-    pub(crate) fn check(
-        &self,
-        op: &'static str,
-        what: &str,
-        dtype: DType,
-        offset: usize,
-        n: usize,
-    ) -> Result<()> {
+    pub(crate) fn check(&self, op: &'static str, what: &str, dtype: DType, offset: usize, n: usize) -> Result<()> {
         if self.dtype != dtype {
-            return Err(Error::op(
-                op,
-                format!("{what} is {}, expected {dtype}", self.dtype),
-            ));
+            return Err(Error::op(op, format!("{what} is {}, expected {dtype}", self.dtype)));
         }
         if offset + n > self.len {
             return Err(Error::op(
                 op,
-                format!(
-                    "{what} needs elements [{offset}, {}) but holds {}",
-                    offset + n,
-                    self.len
-                ),
+                format!("{what} needs elements [{offset}, {}) but holds {}", offset + n, self.len),
             ));
         }
         Ok(())
@@ -261,15 +212,7 @@ impl<T: DeviceRepr> DeviceVec<T> {
     /// Uninitialized space for `len` values (kernels overwrite it).
     pub fn alloc(dev: &CudaDevice, len: usize) -> Result<Self> {
         let (ptr, class) = dev.allocator().alloc(len * size_of::<T>())?;
-        Ok(Self {
-            buf: DeviceBuffer {
-                ptr,
-                class,
-                alloc: dev.allocator().clone(),
-            },
-            len,
-            _t: PhantomData,
-        })
+        Ok(Self { buf: DeviceBuffer { ptr, class, alloc: dev.allocator().clone() }, len, _t: PhantomData })
     }
 
     /// Host -> device copy.
@@ -330,19 +273,12 @@ pub fn to_device(t: &Tensor, device_to: Device) -> Result<Tensor> {
             let host = {
                 let guard = t.read_storage();
                 let Storage::Cuda(c) = &*guard else {
-                    return Err(Error::op(
-                        "to_device",
-                        "tensor says cuda but holds cpu storage",
-                    ));
+                    return Err(Error::op("to_device", "tensor says cuda but holds cpu storage"));
                 };
                 c.to_cpu_storage(&dev)?
             };
             let l = t.layout();
-            let s = if l.is_contiguous() && l.offset == 0 && host.len() == l.numel() {
-                host
-            } else {
-                host.gather(l)
-            };
+            let s = if l.is_contiguous() && l.offset == 0 && host.len() == l.numel() { host } else { host.gather(l) };
             Ok(Tensor::from_storage(Storage::Cpu(s), t.shape()))
         }
         (Device::Cuda(_), Device::Cuda(_)) => to_device(&to_device(t, Device::Cpu)?, device_to),

@@ -6,12 +6,8 @@ use super::storage::CudaStorage;
 use crate::error::{Error, Result};
 use crate::tensor::Layout;
 
-pub(crate) const KERNELS: &[&str] = &[
-    "upsample_nearest_fwd_f32",
-    "upsample_nearest_fwd_bf16",
-    "upsample_nearest_bwd_f32",
-    "upsample_nearest_bwd_bf16",
-];
+pub(crate) const KERNELS: &[&str] =
+    &["upsample_nearest_fwd_f32", "upsample_nearest_fwd_bf16", "upsample_nearest_bwd_f32", "upsample_nearest_bwd_bf16"];
 
 const THREADS: u32 = SF_BLOCK_THREADS;
 
@@ -29,10 +25,7 @@ pub fn upsample_nearest_fwd(
 ) -> Result<()> {
     const OP: &str = "upsample_nearest_fwd";
     let [b, c, h, w] = x_layout.shape[..] else {
-        return Err(Error::op(
-            OP,
-            format!("expected [B, C, H, W], got {:?}", x_layout.shape),
-        ));
+        return Err(Error::op(OP, format!("expected [B, C, H, W], got {:?}", x_layout.shape)));
     };
     if scale.0 == 0 || scale.1 == 0 {
         return Err(Error::op(OP, "scale factors must be positive"));
@@ -54,15 +47,7 @@ pub fn upsample_nearest_fwd(
         scale_w: i32_of(OP, scale.1)?,
     };
     // SAFETY: x was span-checked through its 4-d layout and y holds the upsampled element count.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }
 
 /// dx [B, C, H, W] = block sums of dy [B, C, H * sh, W * sw] (both contiguous).
@@ -90,13 +75,5 @@ pub fn upsample_nearest_bwd(
         scale_w: i32_of(OP, scale.1)?,
     };
     // SAFETY: dy holds the upsampled and dx the input element count, of one dtype.
-    unsafe {
-        dev.launch(
-            name,
-            (dev.grid_for(n, THREADS as usize), 1, 1),
-            THREADS,
-            0,
-            &p,
-        )
-    }
+    unsafe { dev.launch(name, (dev.grid_for(n, THREADS as usize), 1, 1), THREADS, 0, &p) }
 }

@@ -15,21 +15,10 @@ pub struct Rows {
 
 impl Rows {
     pub fn contiguous(rows: usize, cols: usize) -> Self {
-        Self {
-            offset: 0,
-            rows,
-            cols,
-            row_stride: cols,
-        }
+        Self { offset: 0, rows, cols, row_stride: cols }
     }
     pub(crate) fn check(&self, op: &'static str, what: &str, s: &CudaStorage) -> Result<()> {
-        s.check_span(
-            op,
-            what,
-            self.offset,
-            &[self.rows, self.cols],
-            &[self.row_stride, 1],
-        )
+        s.check_span(op, what, self.offset, &[self.rows, self.cols], &[self.row_stride, 1])
     }
 }
 
@@ -46,14 +35,7 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn contiguous(batch: usize, tokens: usize, dim: usize) -> Self {
-        Self {
-            offset: 0,
-            batch,
-            tokens,
-            dim,
-            batch_stride: tokens * dim,
-            row_stride: dim,
-        }
+        Self { offset: 0, batch, tokens, dim, batch_stride: tokens * dim, row_stride: dim }
     }
     pub(crate) fn check(&self, op: &'static str, what: &str, s: &CudaStorage) -> Result<()> {
         s.check_span(
@@ -75,21 +57,8 @@ pub struct PerBatch {
 }
 
 impl PerBatch {
-    pub(crate) fn check(
-        &self,
-        op: &'static str,
-        what: &str,
-        s: &CudaStorage,
-        batch: usize,
-        dim: usize,
-    ) -> Result<()> {
-        s.check_span(
-            op,
-            what,
-            self.offset,
-            &[batch, dim],
-            &[self.batch_stride, 1],
-        )
+    pub(crate) fn check(&self, op: &'static str, what: &str, s: &CudaStorage, batch: usize, dim: usize) -> Result<()> {
+        s.check_span(op, what, self.offset, &[batch, dim], &[self.batch_stride, 1])
     }
 }
 
@@ -105,36 +74,14 @@ pub struct Heads {
 impl Heads {
     /// Contiguous [B, H, N, D].
     pub fn bhnd(heads: usize, len: usize, dim: usize) -> Self {
-        Self {
-            offset: 0,
-            batch_stride: heads * len * dim,
-            head_stride: len * dim,
-            row_stride: dim,
-        }
+        Self { offset: 0, batch_stride: heads * len * dim, head_stride: len * dim, row_stride: dim }
     }
     /// Contiguous [B, N, H, D] (the layout projections produce).
     pub fn bnhd(heads: usize, len: usize, dim: usize) -> Self {
-        Self {
-            offset: 0,
-            batch_stride: len * heads * dim,
-            head_stride: dim,
-            row_stride: heads * dim,
-        }
+        Self { offset: 0, batch_stride: len * heads * dim, head_stride: dim, row_stride: heads * dim }
     }
     /// Checks a [batch, heads, len, dim] access through these strides.
-    pub(crate) fn check(
-        &self,
-        op: &'static str,
-        what: &str,
-        s: &CudaStorage,
-        shape: [usize; 4],
-    ) -> Result<()> {
-        s.check_span(
-            op,
-            what,
-            self.offset,
-            &shape,
-            &[self.batch_stride, self.head_stride, self.row_stride, 1],
-        )
+    pub(crate) fn check(&self, op: &'static str, what: &str, s: &CudaStorage, shape: [usize; 4]) -> Result<()> {
+        s.check_span(op, what, self.offset, &shape, &[self.batch_stride, self.head_stride, self.row_stride, 1])
     }
 }

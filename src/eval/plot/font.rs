@@ -162,9 +162,7 @@ fn parse_art() -> [[u8; GLYPH_H]; COUNT] {
     for (row_index, line) in ART.iter().enumerate() {
         let (band, row) = (row_index / GLYPH_H, row_index % GLYPH_H);
         for (slot, cell) in line.split(' ').enumerate() {
-            let bits = cell
-                .bytes()
-                .fold(0u8, |acc, b| (acc << 1) | u8::from(b == b'#'));
+            let bits = cell.bytes().fold(0u8, |acc, b| (acc << 1) | u8::from(b == b'#'));
             table[band * PER_BAND + slot][row] = bits;
         }
     }
