@@ -7,5 +7,6 @@ pub mod config;
 pub mod flux;
 pub mod loading;
 pub mod mmdit;
+pub mod vae;
 
 pub use loading::{load_transformer, Transformer, TransformerConfig};

@@ -52,6 +52,11 @@ impl Conv2dGeom {
     fn out_len(&self) -> usize {
         self.cout * self.l()
     }
+    /// Multiply-adds ×2 of one product (forward, input gradient and weight gradient
+    /// each cost this much): 2·B·Cout·L·K.
+    pub fn flops(&self) -> u64 {
+        2 * (self.b * self.cout * self.l() * self.k()) as u64
+    }
     /// 1×1, stride 1, no padding: the image already is its column matrix.
     pub fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
