@@ -8,7 +8,7 @@ Prints ONE JSON object with the fields of `senseflow bench vae`:
   peak_rss_mib           the process's peak resident set (ru_maxrss)
 --recompute turns on diffusers' own gradient checkpointing (vae.enable_gradient_checkpointing():
 the decoder's mid block and each up block are checkpointed, the same segments as senseflow's).
-One untimed warm-up precedes the timed repeats of each measurement.
+`--warmup` untimed runs (default 1) precede the timed repeats of each measurement.
 
     /work/venv-ref/bin/python tools/bench_torch_vae.py --config sd3 --latent 32 --threads 2 --backward
 """
@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--recompute", action="store_true")
     ap.add_argument("--param-grads", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -73,7 +74,8 @@ def main():
         vae.zero_grad(set_to_none=True)
         return (time.perf_counter() - t) * 1e3
 
-    fwd()
+    for _ in range(a.warmup):
+        fwd()
     report = {
         "bench": "vae_decode_torch",
         "config": a.config,
@@ -85,11 +87,13 @@ def main():
         "latent": [lat, a.latent, a.latent],
         "image": [3, side, side],
         "repeats": a.repeats,
+        "warmup": a.warmup,
         "forward_ms": statistics.median(fwd() for _ in range(a.repeats)),
         "torch": torch.__version__,
     }
     if a.backward:
-        step()
+        for _ in range(a.warmup):
+            step()
         report["recompute"] = a.recompute
         report["param_grads"] = a.param_grads
         report["forward_backward_ms"] = statistics.median(step() for _ in range(a.repeats))

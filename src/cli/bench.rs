@@ -43,9 +43,12 @@ pub struct VaeArgs {
     /// Backward also to every decoder parameter (default: frozen decoder, latent only).
     #[arg(long)]
     param_grads: bool,
-    /// Timed runs after one warm-up (the median is reported).
+    /// Timed runs (the median is reported).
     #[arg(long, default_value_t = 3, value_parser = positive())]
     repeats: usize,
+    /// Untimed runs before the timed ones (0 for large images, where one run takes minutes).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
 }
 
 #[derive(clap::Args)]
@@ -250,7 +253,9 @@ fn vae(a: &VaeArgs) -> anyhow::Result<()> {
         drop(model.decode(&z)?);
         Ok((t.elapsed().as_secs_f64() * 1e3, ops::counters::take_flops()))
     };
-    time_forward()?;
+    for _ in 0..a.warmup {
+        time_forward()?;
+    }
     let mut fwd = Vec::with_capacity(a.repeats);
     let mut fwd_flops = 0;
     for _ in 0..a.repeats {
@@ -270,6 +275,7 @@ fn vae(a: &VaeArgs) -> anyhow::Result<()> {
         "latent": [cfg.latent_channels, n, n],
         "image": [cfg.out_channels, side, side],
         "repeats": a.repeats,
+        "warmup": a.warmup,
         "forward_ms": fwd_ms,
         "forward_gflop": fwd_flops as f64 / 1e9,
         "forward_gflops": fwd_flops as f64 / (fwd_ms * 1e6),
@@ -286,7 +292,9 @@ fn vae(a: &VaeArgs) -> anyhow::Result<()> {
             drop(grads);
             Ok((t.elapsed().as_secs_f64() * 1e3, ops::counters::take_flops(), nodes))
         };
-        time_step()?;
+        for _ in 0..a.warmup {
+            time_step()?;
+        }
         let mut step = Vec::with_capacity(a.repeats);
         let (mut step_flops, mut nodes) = (0, 0);
         for _ in 0..a.repeats {
