@@ -218,3 +218,23 @@ fn passthrough_without_grad() -> Result<()> {
     );
     Ok(())
 }
+
+/// A segment that returns a captured tensor or its input unchanged still routes gradients.
+#[test]
+fn identity_segments() -> Result<()> {
+    autograd::clear_tape();
+    let w = randn(&[3], 13).var();
+    let x = randn(&[3], 14).var();
+    let wc = w.clone();
+    let outs = checkpoint(&[&x], &[&w], move |xs| Ok(vec![wc.clone(), xs[0].clone()]))?;
+    let y = checkpoint(&[&x], &[], |xs| Ok(vec![xs[0].clone()]))?.remove(0);
+    let loss = outs[0]
+        .scale(2.0)?
+        .sum_all()?
+        .add(&outs[1].scale(3.0)?.sum_all()?)?
+        .add(&y.sum_all()?)?;
+    let g = autograd::backward(&loss)?;
+    assert_eq!(g.get(&w).unwrap().to_vec_f32()?, vec![2.0; 3]);
+    assert_eq!(g.get(&x).unwrap().to_vec_f32()?, vec![4.0; 3]);
+    Ok(())
+}

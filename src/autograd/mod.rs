@@ -252,7 +252,8 @@ pub fn checkpoint(
     }
     let shapes: Vec<Vec<usize>> = outs.iter().map(|o| o.shape().to_vec()).collect();
     let node_out = if outs.len() == 1 {
-        outs.into_iter().next().expect("one output")
+        // A fresh id even when `f` returned a tensor from outside (an input or a capture).
+        outs.into_iter().next().expect("one output").detach()
     } else {
         let flat: Vec<Tensor> = outs.iter().map(|o| o.reshape(&[o.numel()])).collect::<Result<_>>()?;
         without_grad(|| crate::ops::concat(&flat.iter().collect::<Vec<_>>(), 0))?

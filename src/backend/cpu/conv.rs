@@ -77,6 +77,11 @@ impl Conv2dGeom {
     fn batch_parallel(&self) -> bool {
         self.b > 1 && num_threads() > 1 && self.b * self.out_len() * self.k() >= PAR_THRESHOLD
     }
+    /// Whether im2col/col2im of a band of `cols` output positions splits its channels
+    /// over the pool (images run one after another and the band is big enough).
+    fn split_channels(&self, cols: usize) -> bool {
+        !self.batch_parallel() && num_threads() > 1 && self.k() * cols >= PAR_THRESHOLD
+    }
     /// GEMM threading for one image's product of the given size.
     fn gemm_par(&self, m: usize, n: usize, k: usize) -> Parallelism {
         let threads = num_threads();
@@ -108,24 +113,43 @@ fn valid_range(out: usize, stride: usize, koff: usize, pad: usize, size: usize) 
 }
 
 /// Fills `cols` [K, (r1 − r0)·Wo] from one image `x` [Cin, H, W]: the columns of output
-/// rows r0..r1.
-fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32], (r0, r1): (usize, usize)) {
+/// rows r0..r1. Channels fill disjoint row blocks, so they run in parallel when
+/// `parallel` (one image at a time: the GEMM threads, and so does this).
+fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32], band: (usize, usize), parallel: bool) {
+    let per_ci = g.kh * g.kw * (band.1 - band.0) * g.wo;
+    if per_ci == 0 {
+        return;
+    }
+    let fill = |(ci, rows): (usize, &mut [f32])| {
+        im2col_channel(g, &x[ci * g.h * g.w..(ci + 1) * g.h * g.w], rows, band)
+    };
+    if parallel {
+        cols.par_chunks_mut(per_ci).enumerate().for_each(fill);
+    } else {
+        cols.chunks_mut(per_ci).enumerate().for_each(fill);
+    }
+}
+
+/// The kh·kw rows of one input channel `xc` [H, W].
+fn im2col_channel(g: &Conv2dGeom, xc: &[f32], rows: &mut [f32], (r0, r1): (usize, usize)) {
     let l = (r1 - r0) * g.wo;
-    for ci in 0..g.cin {
-        let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for i in 0..g.kh {
-            let (v0, v1) = valid_range(g.ho, g.sh, i, g.ph, g.h);
-            let (oh0, oh1) = (v0.clamp(r0, r1), v1.clamp(r0, r1));
-            for j in 0..g.kw {
-                let (ow0, ow1) = valid_range(g.wo, g.sw, j, g.pw, g.w);
-                let row = &mut cols[((ci * g.kh + i) * g.kw + j) * l..][..l];
-                row[..(oh0 - r0) * g.wo].fill(0.0);
-                row[(oh1 - r0) * g.wo..].fill(0.0);
-                for oh in oh0..oh1 {
-                    let r = &mut row[(oh - r0) * g.wo..(oh - r0 + 1) * g.wo];
-                    let xr = &xc[(oh * g.sh + i - g.ph) * g.w..][..g.w];
-                    r[..ow0].fill(0.0);
-                    r[ow1..].fill(0.0);
+    for i in 0..g.kh {
+        let (v0, v1) = valid_range(g.ho, g.sh, i, g.ph, g.h);
+        let (oh0, oh1) = (v0.clamp(r0, r1), v1.clamp(r0, r1));
+        for j in 0..g.kw {
+            let (ow0, ow1) = valid_range(g.wo, g.sw, j, g.pw, g.w);
+            let row = &mut rows[(i * g.kw + j) * l..][..l];
+            row[..(oh0 - r0) * g.wo].fill(0.0);
+            row[(oh1 - r0) * g.wo..].fill(0.0);
+            for oh in oh0..oh1 {
+                let r = &mut row[(oh - r0) * g.wo..(oh - r0 + 1) * g.wo];
+                let xr = &xc[(oh * g.sh + i - g.ph) * g.w..][..g.w];
+                r[..ow0].fill(0.0);
+                r[ow1..].fill(0.0);
+                if g.sw == 1 {
+                    // ow0 + j ≥ pw by construction of the valid range.
+                    r[ow0..ow1].copy_from_slice(&xr[ow0 + j - g.pw..ow1 + j - g.pw]);
+                } else {
                     for (ow, v) in r.iter_mut().enumerate().take(ow1).skip(ow0) {
                         *v = xr[ow * g.sw + j - g.pw];
                     }
@@ -136,20 +160,39 @@ fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32], (r0, r1): (usize, usize))
 }
 
 /// Adds the columns `cols` [K, (r1 − r0)·Wo] of output rows r0..r1 back onto the image
-/// gradient `dx` [Cin, H, W] (the adjoint of [`im2col`]).
-fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32], (r0, r1): (usize, usize)) {
+/// gradient `dx` [Cin, H, W] (the adjoint of [`im2col`]); channels in parallel when
+/// `parallel` (each writes only its own plane of dx).
+fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32], band: (usize, usize), parallel: bool) {
+    let (plane, per_ci) = (g.h * g.w, g.kh * g.kw * (band.1 - band.0) * g.wo);
+    if plane == 0 || per_ci == 0 {
+        return;
+    }
+    let add = |(dc, rows): (&mut [f32], &[f32])| col2im_channel(g, rows, dc, band);
+    if parallel {
+        dx.par_chunks_mut(plane)
+            .zip(cols.par_chunks(per_ci))
+            .for_each(add);
+    } else {
+        dx.chunks_mut(plane).zip(cols.chunks(per_ci)).for_each(add);
+    }
+}
+
+/// The adjoint of [`im2col_channel`]: adds one channel's rows onto its plane `dc` [H, W].
+fn col2im_channel(g: &Conv2dGeom, rows: &[f32], dc: &mut [f32], (r0, r1): (usize, usize)) {
     let l = (r1 - r0) * g.wo;
-    for ci in 0..g.cin {
-        let dc = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for i in 0..g.kh {
-            let (v0, v1) = valid_range(g.ho, g.sh, i, g.ph, g.h);
-            let (oh0, oh1) = (v0.clamp(r0, r1), v1.clamp(r0, r1));
-            for j in 0..g.kw {
-                let (ow0, ow1) = valid_range(g.wo, g.sw, j, g.pw, g.w);
-                let row = &cols[((ci * g.kh + i) * g.kw + j) * l..][..l];
-                for oh in oh0..oh1 {
-                    let r = &row[(oh - r0) * g.wo..(oh - r0 + 1) * g.wo];
-                    let dr = &mut dc[(oh * g.sh + i - g.ph) * g.w..][..g.w];
+    for i in 0..g.kh {
+        let (v0, v1) = valid_range(g.ho, g.sh, i, g.ph, g.h);
+        let (oh0, oh1) = (v0.clamp(r0, r1), v1.clamp(r0, r1));
+        for j in 0..g.kw {
+            let (ow0, ow1) = valid_range(g.wo, g.sw, j, g.pw, g.w);
+            let row = &rows[(i * g.kw + j) * l..][..l];
+            for oh in oh0..oh1 {
+                let r = &row[(oh - r0) * g.wo..(oh - r0 + 1) * g.wo];
+                let dr = &mut dc[(oh * g.sh + i - g.ph) * g.w..][..g.w];
+                if g.sw == 1 {
+                    let d = &mut dr[ow0 + j - g.pw..ow1 + j - g.pw];
+                    d.iter_mut().zip(&r[ow0..ow1]).for_each(|(a, &v)| *a += v);
+                } else {
                     for (ow, &v) in r.iter().enumerate().take(ow1).skip(ow0) {
                         dr[ow * g.sw + j - g.pw] += v;
                     }
@@ -279,6 +322,7 @@ fn conv2d_fwd_banded(
     let (k, l) = (g.k(), g.l());
     let mut y = vec![0f32; g.b * g.out_len()];
     let band = g.band_rows(budget);
+    let split = g.split_channels(band * g.wo);
     let par = g.gemm_par(g.cout, (band * g.wo).min(l), k);
     per_image(g, &mut y, g.out_len(), |bi, yb| {
         if let Some(bias) = bias {
@@ -297,7 +341,7 @@ fn conv2d_fwd_banded(
         for r0 in (0..g.ho).step_by(band) {
             let r1 = (r0 + band).min(g.ho);
             let n = (r1 - r0) * g.wo;
-            im2col(g, xb, &mut cols[..k * n], (r0, r1));
+            im2col(g, xb, &mut cols[..k * n], (r0, r1), split);
             let dst = &mut yb[r0 * g.wo..];
             gemm_into(
                 dst,
@@ -322,6 +366,7 @@ fn conv2d_bwd_input_banded(g: &Conv2dGeom, w: &[f32], dy: &[f32], budget: usize)
     let (k, l) = (g.k(), g.l());
     let mut dx = vec![0f32; g.b * g.in_len()];
     let band = g.band_rows(budget);
+    let split = g.split_channels(band * g.wo);
     let par = g.gemm_par(k, (band * g.wo).min(l), g.cout);
     per_image(g, &mut dx, g.in_len(), |bi, dxb| {
         let wt = transposed(w, 0, k);
@@ -336,7 +381,7 @@ fn conv2d_bwd_input_banded(g: &Conv2dGeom, w: &[f32], dy: &[f32], budget: usize)
             let n = (r1 - r0) * g.wo;
             let dyb = row_major(dy, bi * g.out_len() + r0 * g.wo, l);
             gemm_into(&mut dcols[..k * n], n, (k, n, g.cout), wt, dyb, false, par);
-            col2im(g, &dcols[..k * n], dxb, (r0, r1));
+            col2im(g, &dcols[..k * n], dxb, (r0, r1), split);
         }
     });
     dx
@@ -351,6 +396,7 @@ fn conv2d_bwd_weight_banded(g: &Conv2dGeom, x: &[f32], dy: &[f32], budget: usize
     let (k, l) = (g.k(), g.l());
     let wlen = g.cout * k;
     let band = g.band_rows(budget);
+    let split = g.split_channels(band * g.wo);
     let par = g.gemm_par(g.cout, k, (band * g.wo).min(l));
     // Adds image bi's contribution into `dw`, reusing `cols` as scratch.
     let add_image = |bi: usize, dw: &mut [f32], cols: &mut Vec<f32>| {
@@ -364,7 +410,7 @@ fn conv2d_bwd_weight_banded(g: &Conv2dGeom, x: &[f32], dy: &[f32], budget: usize
         for r0 in (0..g.ho).step_by(band) {
             let r1 = (r0 + band).min(g.ho);
             let n = (r1 - r0) * g.wo;
-            im2col(g, xb, &mut cols[..k * n], (r0, r1));
+            im2col(g, xb, &mut cols[..k * n], (r0, r1), split);
             let dyb = row_major(dy, bi * g.out_len() + r0 * g.wo, l);
             gemm_into(
                 dw,
@@ -486,19 +532,23 @@ mod tests {
     }
 
     /// Bands of one output row (and of a few rows) give what one whole-image band gives,
-    /// for strided, padded, asymmetric convolutions.
+    /// for strided, padded, asymmetric convolutions; the large single-image cases split
+    /// im2col/col2im over channels for whole-image bands but not for one-row bands.
     #[test]
     fn banded_equals_whole_image() {
-        for (h, w, k, s, p) in [
-            (7, 5, 3, 1, 1),
-            (9, 6, 3, 2, 0),
-            (8, 11, 2, 2, 1),
-            (5, 4, 1, 1, 0),
-        ] {
+        let cases = [
+            (2, 3, 7, 5, 3, 1, 1),
+            (2, 3, 9, 6, 3, 2, 0),
+            (2, 3, 8, 11, 2, 2, 1),
+            (2, 3, 5, 4, 1, 1, 0),
+            (1, 16, 40, 37, 3, 1, 1),
+            (1, 16, 41, 38, 3, 2, 0),
+        ];
+        for (b, cin, h, w, k, s, p) in cases {
             let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
             let g = Conv2dGeom {
-                b: 2,
-                cin: 3,
+                b,
+                cin,
                 h,
                 w,
                 cout: 4,
@@ -515,18 +565,19 @@ mod tests {
             let wt = values(g.cout * g.k(), 2);
             let bias = values(g.cout, 3);
             let dy = values(g.b * g.out_len(), 4);
+            let whole = usize::MAX;
             for budget in [1, 2 * g.k() * wo] {
                 close(
                     &conv2d_fwd_banded(&g, &x, &wt, Some(&bias), budget),
-                    &conv2d_fwd_banded(&g, &x, &wt, Some(&bias), usize::MAX),
+                    &conv2d_fwd_banded(&g, &x, &wt, Some(&bias), whole),
                 );
                 close(
                     &conv2d_bwd_input_banded(&g, &wt, &dy, budget),
-                    &conv2d_bwd_input_banded(&g, &wt, &dy, usize::MAX),
+                    &conv2d_bwd_input_banded(&g, &wt, &dy, whole),
                 );
                 close(
                     &conv2d_bwd_weight_banded(&g, &x, &dy, budget),
-                    &conv2d_bwd_weight_banded(&g, &x, &dy, usize::MAX),
+                    &conv2d_bwd_weight_banded(&g, &x, &dy, whole),
                 );
             }
         }
