@@ -19,6 +19,36 @@ pub enum Bench {
     Matmul(MatmulArgs),
     /// A diffusers transformer folder: forward (and forward+backward) on random inputs.
     Model(ModelArgs),
+    /// AutoencoderKL decode from a preset with random weights (f32 CPU): forward, and
+    /// forward + backward of Σ sample·g to the latent (decoder frozen unless --param-grads).
+    Vae(VaeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VaeArgs {
+    /// Preset: sd3 (= SD3.5), flux or sdxl.
+    #[arg(long, default_value = "sd3")]
+    config: String,
+    /// Latent height = width (the image is 8× larger per side).
+    #[arg(long, default_value_t = 64, value_parser = positive())]
+    latent: usize,
+    #[arg(long, default_value_t = 1, value_parser = positive())]
+    batch: usize,
+    /// Also time forward + backward.
+    #[arg(long)]
+    backward: bool,
+    /// Checkpoint the decoder's mid and up blocks (recompute in backward).
+    #[arg(long)]
+    recompute: bool,
+    /// Backward also to every decoder parameter (default: frozen decoder, latent only).
+    #[arg(long)]
+    param_grads: bool,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = positive())]
+    repeats: usize,
+    /// Untimed runs before the timed ones (0 for large images, where one run takes minutes).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +99,7 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     match b {
         Bench::Matmul(a) => matmul(a),
         Bench::Model(a) => model(a),
+        Bench::Vae(a) => vae(a),
     }
 }
 
@@ -199,6 +230,97 @@ fn model(a: &ModelArgs) -> anyhow::Result<()> {
         let step_ms = median(step);
         report["forward_backward_ms"] = step_ms.into();
         report["forward_backward_min_ms"] = step_min.into();
+        report["forward_backward_gflop"] = (step_flops as f64 / 1e9).into();
+        report["forward_backward_gflops"] = (step_flops as f64 / (step_ms * 1e6)).into();
+    }
+    report["peak_rss_mib"] = peak_rss_mib().into();
+    emit(&format!("{report}\n"))
+}
+
+fn vae(a: &VaeArgs) -> anyhow::Result<()> {
+    use senseflow::models::vae::{AutoencoderKL, Config};
+    use senseflow::nn::{ParamStore, VarBuilder};
+    let cfg = Config::preset(&a.config)?;
+    let store = ParamStore::new();
+    let mut vb = VarBuilder::fresh(&store, senseflow::DType::F32, 0x7ae);
+    if !a.param_grads {
+        vb = vb.frozen();
+    }
+    let mut model = AutoencoderKL::new(cfg.clone(), &vb)?;
+    model.set_recompute(a.recompute);
+    let decoder_params: usize = store
+        .named()
+        .iter()
+        .filter(|(k, _)| k.starts_with("decoder.") || k.starts_with("post_quant_conv."))
+        .map(|(_, t)| t.numel())
+        .sum();
+    let mut rng = Philox::new(0xbe4c);
+    let n = a.latent;
+    let z = Tensor::randn(&[a.batch, cfg.latent_channels, n, n], &mut rng);
+    let side = n * cfg.downscale_factor();
+    let g = Tensor::randn(&[a.batch, cfg.out_channels, side, side], &mut rng);
+    let time_forward = || -> anyhow::Result<(f64, u64)> {
+        let _g = senseflow::no_grad();
+        ops::counters::take_flops();
+        let t = Instant::now();
+        drop(model.decode(&z)?);
+        Ok((t.elapsed().as_secs_f64() * 1e3, ops::counters::take_flops()))
+    };
+    for _ in 0..a.warmup {
+        time_forward()?;
+    }
+    let mut fwd = Vec::with_capacity(a.repeats);
+    let mut fwd_flops = 0;
+    for _ in 0..a.repeats {
+        let (ms, f) = time_forward()?;
+        fwd.push(ms);
+        fwd_flops = f;
+    }
+    let fwd_ms = median(fwd);
+    let mut report = serde_json::json!({
+        "bench": "vae_decode",
+        "config": a.config,
+        "decoder_parameters": decoder_params,
+        "device": "cpu",
+        "dtype": "f32",
+        "threads": cpu::num_threads(),
+        "batch": a.batch,
+        "latent": [cfg.latent_channels, n, n],
+        "image": [cfg.out_channels, side, side],
+        "repeats": a.repeats,
+        "warmup": a.warmup,
+        "forward_ms": fwd_ms,
+        "forward_gflop": fwd_flops as f64 / 1e9,
+        "forward_gflops": fwd_flops as f64 / (fwd_ms * 1e6),
+    });
+    if a.backward {
+        let time_step = || -> anyhow::Result<(f64, u64, usize)> {
+            ops::counters::take_flops();
+            let t = Instant::now();
+            let zv = z.var();
+            let y = model.decode(&zv)?;
+            let nodes = senseflow::autograd::tape_len();
+            let grads = senseflow::backward(&y.mul(&g)?.sum_all()?)?;
+            anyhow::ensure!(grads.get(&zv).is_some(), "no gradient reached the latent");
+            drop(grads);
+            Ok((t.elapsed().as_secs_f64() * 1e3, ops::counters::take_flops(), nodes))
+        };
+        for _ in 0..a.warmup {
+            time_step()?;
+        }
+        let mut step = Vec::with_capacity(a.repeats);
+        let (mut step_flops, mut nodes) = (0, 0);
+        for _ in 0..a.repeats {
+            let (ms, f, k) = time_step()?;
+            step.push(ms);
+            step_flops = f;
+            nodes = k;
+        }
+        let step_ms = median(step);
+        report["recompute"] = a.recompute.into();
+        report["param_grads"] = a.param_grads.into();
+        report["tape_nodes_after_forward"] = nodes.into();
+        report["forward_backward_ms"] = step_ms.into();
         report["forward_backward_gflop"] = (step_flops as f64 / 1e9).into();
         report["forward_backward_gflops"] = (step_flops as f64 / (step_ms * 1e6)).into();
     }

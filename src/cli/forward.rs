@@ -2,11 +2,13 @@
 //! the diffusers forward's keyword arguments; writes `sample` to a safetensors file.
 //! transformers folders (DINOv2, CLIP text encoders; no `_class_name` in config.json)
 //! take `pixel_values` or `input_ids` and write their named outputs instead.
+//! AutoencoderKL folders take `--op encode` (input `sample`; outputs `latent_mean`,
+//! `latent_logvar`) or `--op decode` (input `z`; output `sample`).
 
 use anyhow::Context;
 use senseflow::io;
 use senseflow::models::flux::FluxInputs;
-use senseflow::models::{clip_text, load_transformer, transformers as hf, vit, Transformer};
+use senseflow::models::{clip_text, load_transformer, transformers as hf, vae, vit, Transformer};
 use senseflow::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,17 @@ pub struct Args {
     /// Compute dtype (weights are converted on load).
     #[arg(long, default_value = "f32")]
     dtype: DType,
+    /// AutoencoderKL folders only: which half of the autoencoder to run.
+    #[arg(long, value_enum)]
+    op: Option<VaeOp>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VaeOp {
+    /// Image `sample` [B, C, H, W] → `latent_mean`, `latent_logvar`.
+    Encode,
+    /// Raw latent `z` [B, C, h, w] → image `sample`.
+    Decode,
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
@@ -38,8 +51,20 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     let _g = senseflow::no_grad();
     if let Some(kind) = transformers_model(&a.model)? {
+        if a.op.is_some() {
+            anyhow::bail!("{}: --op applies to AutoencoderKL folders, this is a transformers model", a.model.display());
+        }
         return run_transformers(a, kind);
     }
+    let folder = io::ModelFolder::open(&a.model)?;
+    if folder.class_name() == Some(vae::Config::CLASS) {
+        return run_vae(a, folder);
+    }
+    if a.op.is_some() {
+        let class = folder.class_name().unwrap_or("a model without _class_name");
+        anyhow::bail!("{}: --op applies to AutoencoderKL folders, this is {class}", a.model.display());
+    }
+    drop(folder);
     let (model, _) = load_transformer(&a.model, a.dtype, false)?;
     let inputs = io::load(&a.inputs)?;
     let path = a.inputs.display().to_string();
@@ -166,4 +191,45 @@ fn run_transformers(a: &Args, kind: TransformersModel) -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
+}
+fn run_vae(a: &Args, folder: io::ModelFolder) -> anyhow::Result<()> {
+    let Some(op) = a.op else {
+        anyhow::bail!("{}: an AutoencoderKL folder needs --op encode or --op decode", a.model.display());
+    };
+    let (model, _) = vae::load_vae_folder(folder, a.dtype, false)?;
+    let inputs = io::load(&a.inputs)?;
+    let get = |name: &str| -> anyhow::Result<Tensor> {
+        if !inputs.contains(name) {
+            anyhow::bail!(
+                "{}: missing input tensor '{name}' (AutoencoderKL --op {} needs it)",
+                a.inputs.display(),
+                op_name(op)
+            );
+        }
+        Ok(inputs.get_as(name, a.dtype)?)
+    };
+    let ctx = || format!("{}: {}", a.model.display(), op_name(op));
+    let outputs: Vec<(String, Tensor)> = match op {
+        VaeOp::Encode => {
+            let (mean, logvar) = model.encode(&get("sample")?).with_context(ctx)?;
+            vec![("latent_mean".into(), mean), ("latent_logvar".into(), logvar)]
+        }
+        VaeOp::Decode => vec![("sample".into(), model.decode(&get("z")?).with_context(ctx)?)],
+    };
+    let mut meta = HashMap::new();
+    meta.insert("model".to_string(), a.model.display().to_string());
+    meta.insert("op".to_string(), op_name(op).to_string());
+    let refs: Vec<(String, &Tensor)> = outputs.iter().map(|(k, t)| (k.clone(), t)).collect();
+    io::save(&a.out, &refs, Some(meta))?;
+    for (k, t) in &outputs {
+        eprintln!("wrote {k} {:?} ({}) to {}", t.shape(), t.dtype(), a.out.display());
+    }
+    Ok(())
+}
+
+fn op_name(op: VaeOp) -> &'static str {
+    match op {
+        VaeOp::Encode => "encode",
+        VaeOp::Decode => "decode",
+    }
 }

@@ -9,6 +9,7 @@ pub mod flux;
 pub mod loading;
 pub mod mmdit;
 pub mod transformers;
+pub mod vae;
 pub mod vit;
 
 pub use loading::{load_transformer, Transformer, TransformerConfig};

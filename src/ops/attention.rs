@@ -85,6 +85,8 @@ fn attention_impl(
     let pairs = (shape.b * shape.h * shape.nq * shape.nk) as u64;
     super::counters::add_flops(2 * pairs * (shape.d + shape.dv) as u64);
     let (o, lse) = kernel::attention_fwd(&args);
+    // S = q kᵀ and O = P v.
+    super::counters::add_flops(2 * (shape.b * shape.h * shape.nq * shape.nk * (shape.d + shape.dv)) as u64);
     drop((gq, gk, gv));
     let out = cpu_out(o, &[shape.b, shape.h, shape.nq, shape.dv], dtype);
     let saved_out = out.detach();
@@ -185,6 +187,8 @@ impl Backward for AttentionBackward {
         };
         let lse = self.lse.cpu_f32()?;
         let (dq, dk, dv) = kernel::attention_bwd(&args, heads(&po, &go), heads(&pg, &gg), &lse);
+        // Recomputed S, dV, dP, dQ, dK.
+        super::counters::add_flops(2 * (s.b * s.h * s.nq * s.nk * (3 * s.d + 2 * s.dv)) as u64);
         let dtype = self.out.dtype();
         Ok(vec![
             Some(cpu_out(dq, &[s.b, s.h, s.nq, s.d], dtype)),

@@ -31,6 +31,7 @@ pub fn conv2d(
     let (xv, wv) = (x.cpu_f32()?, w.cpu_f32()?);
     let bv = bias.map(|b| b.cpu_f32()).transpose()?;
     let y = k::conv2d_fwd(&g, &xv, &wv, bv.as_deref());
+    super::counters::add_flops(g.flops());
     drop((xv, wv, bv));
     let out = cpu_out(y, &[g.b, g.cout, g.ho, g.wo], dtype);
     Ok(record(out, &inputs, || Conv2dBackward {
@@ -117,6 +118,8 @@ impl Backward for Conv2dBackward {
             }
             None => None,
         };
+        let products = self.w.is_some() as u64 + self.x.is_some() as u64;
+        super::counters::add_flops(products * g.flops());
         let mut grads = vec![dx, dw];
         if let Some(needed) = self.bias {
             grads.push(needed.then(|| cpu_out(k::conv2d_bwd_bias(g, &dy), &[g.cout], self.w_dtype)));

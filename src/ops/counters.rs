@@ -1,5 +1,5 @@
 //! Work counters for benchmarks and profiles: ops that dominate the arithmetic
-//! (matmul, attention) add their FLOPs here, so `senseflow bench model` can report
+//! (matmul, conv2d, attention; forward and backward) add their FLOPs here, so `senseflow bench model` can report
 //! achieved GFLOP/s from what actually ran. Relaxed atomics: one add per op call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
