@@ -237,6 +237,8 @@ fn kernel_unary(op: UnaryOp) -> (KUnary, f32) {
         UnaryOp::LeakyRelu(s) => (KUnary::SF_UNARY_LEAKY_RELU, s),
         UnaryOp::Sqr => (KUnary::SF_UNARY_SQR, 0.0),
         UnaryOp::Abs => (KUnary::SF_UNARY_ABS, 0.0),
+        // Not in UNARY_OPS: elementwise.cu has no nan_to_num kernel yet (docs/CUDA.md).
+        UnaryOp::NanToNum => panic!("nan_to_num has no CUDA kernel yet"),
     }
 }
 
@@ -271,6 +273,7 @@ fn unary64(op: UnaryOp, x: f64) -> (f64, f64) {
         UnaryOp::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
         UnaryOp::LeakyRelu(s) => (if x > 0.0 { x } else { f64::from(s) * x }, if x > 0.0 { 1.0 } else { f64::from(s) }),
         UnaryOp::Sqr => (x * x, 2.0 * x),
+        UnaryOp::NanToNum => (if x.is_nan() { 0.0 } else { x.clamp(f32::MIN as f64, f32::MAX as f64) }, 1.0),
         UnaryOp::Abs => (
             x.abs(),
             if x > 0.0 {
